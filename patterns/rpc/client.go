@@ -417,7 +417,7 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	var next int64                       // the stream sequence to deliver next
+	var next int64                        // the stream sequence to deliver next
 	var parked map[int64]*message.Message // stream messages that came early
 	for {
 		select {
