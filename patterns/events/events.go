@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -28,7 +29,12 @@ var (
 	ErrInvalid = errors.New("events: invalid argument")
 	// ErrRouterClosed: Listen or Start on a closed router.
 	ErrRouterClosed = errors.New("events: router closed")
+	// ErrClosed: Listen or Start after Bus.Close.
+	ErrClosed = errors.New("events: bus closed")
 )
+
+// closeTimeout bounds Bus.Close.
+const closeTimeout = 30 * time.Second
 
 // Config configures a Bus. Only Service is required; a Bus without Publisher cannot
 // Emit, a Bus without Subscriber and Router cannot Listen.
@@ -99,6 +105,7 @@ type Bus struct {
 	logger watermill.LoggerAdapter
 
 	mu      sync.Mutex
+	closed  bool
 	listens map[listenKey]*Listener // running or starting listeners
 	durable map[string]*Listener    // running durable listeners by queue name
 	queues  map[string]Queue        // topology by queue name (= subscriber topic)
@@ -265,6 +272,9 @@ func (b *Bus) Listen(target, pattern string, h message.NoPublishHandlerFunc, opt
 func (b *Bus) reserve(l *Listener, q Queue) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
 	k := listenKey{l.target, l.pattern}
 	if other, ok := b.listens[k]; ok && other != l {
 		return fmt.Errorf("%w: %s", ErrDuplicateListen, l.key())
@@ -291,6 +301,26 @@ func (b *Bus) release(l *Listener, queue string) {
 		delete(b.durable, l.durableQueue)
 	}
 	delete(b.queues, queue)
+}
+
+// Close stops every running listener (waiting up to 30 s for their handlers to stop)
+// and makes later Listen and Start calls fail with ErrClosed. It does not close the
+// Router, the Publisher or the Subscriber. Emit keeps working. Close is idempotent.
+func (b *Bus) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	running := make([]*Listener, 0, len(b.listens))
+	for _, l := range b.listens {
+		running = append(running, l)
+	}
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	var errs []error
+	for _, l := range running {
+		errs = append(errs, l.Stop(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // Listener is one listen: a consumer handler on the Router. It is safe for concurrent

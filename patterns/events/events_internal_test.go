@@ -186,6 +186,23 @@ func TestListenBookkeeping(t *testing.T) {
 	if _, err := bus.Listen("orders", "refunded", nop, Durable("orders.paid")); !errors.Is(err, ErrDuplicateListen) {
 		t.Errorf("same durable name: %v, want ErrDuplicateListen", err)
 	}
+
+	// Close stops every listener; Listen and Start fail afterwards.
+	if err := bus.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l.Running() || d.Running() {
+		t.Error("Close left listeners running")
+	}
+	if _, err := bus.Listen("orders", "new", nop); !errors.Is(err, ErrClosed) {
+		t.Errorf("Listen after Close: %v, want ErrClosed", err)
+	}
+	if err := l.Start(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Start after Close: %v, want ErrClosed", err)
+	}
+	if err := bus.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
 }
 
 // TestListenOnRunningRouter checks the handler plumbing with gochannel, where the topic is
