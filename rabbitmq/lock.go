@@ -42,7 +42,10 @@ func (e *LockHeldError) LockHeld() bool { return true }
 // connection closes; lost is closed then (after release too). The lock does not survive
 // a reconnect: the broker deletes an exclusive queue when the connection that declared it
 // closes. release deletes the queue, so others can take the lock at once, and closes the
-// channel; it is idempotent and safe to call after the lock was lost.
+// channel; it is idempotent. Call it after the lock was lost too, before trying again:
+// when only the channel failed, the connection still owns the queue, and release deletes
+// it on a new channel (bounded by ctx; skipped while the Connection is not Connected,
+// since then the broker has deleted it already).
 //
 // When another connection holds the lock, TryLock returns a *LockHeldError. Other errors
 // (not connected, closed, ctx) are returned as Channel returns them, or wrapped. ctx
@@ -75,21 +78,46 @@ func (c *Connection) TryLock(ctx context.Context, queue string) (lost <-chan str
 	}()
 	var once sync.Once
 	var relErr error
-	release = func(context.Context) error {
-		once.Do(func() {
-			select {
-			case <-lostCh:
-				return // already lost: nothing to delete
-			default:
-			}
-			if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
-				relErr = fmt.Errorf("rabbitmq: release lock %s: %w", queue, err)
-			}
-			if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) && relErr == nil {
-				relErr = fmt.Errorf("rabbitmq: release lock %s: %w", queue, err)
-			}
-		})
+	release = func(ctx context.Context) error {
+		once.Do(func() { relErr = c.releaseLock(ctx, ch, queue, lostCh) })
 		return relErr
 	}
 	return lostCh, release, nil
+}
+
+// releaseLock gives up a lock taken by TryLock on channel ch.
+func (c *Connection) releaseLock(ctx context.Context, ch *amqp.Channel, queue string, lost <-chan struct{}) error {
+	select {
+	case <-lost:
+		// The lock channel is gone. If the connection is too, so is the queue; if only
+		// the channel failed, this connection still owns the queue: delete it on a new
+		// channel. (Should the connection have been replaced meanwhile, the delete is
+		// harmless: nobody holds the queue, or another connection does and the broker
+		// refuses with 405, which closes only that throwaway channel.)
+		if c.State() != Connected {
+			return nil
+		}
+		tmp, err := c.Channel(ctx)
+		if err != nil {
+			return fmt.Errorf("rabbitmq: release lock %s: %w", queue, err)
+		}
+		defer tmp.Close()
+		if _, err := tmp.QueueDelete(queue, false, false, false); err != nil {
+			var aerr *amqp.Error
+			if errors.As(err, &aerr) && (aerr.Code == amqp.ResourceLocked || aerr.Code == amqp.NotFound) {
+				return nil
+			}
+			return fmt.Errorf("rabbitmq: release lock %s: %w", queue, err)
+		}
+		return nil
+	default:
+	}
+	var relErr error
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		relErr = fmt.Errorf("rabbitmq: release lock %s: %w", queue, err)
+	}
+	if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) && relErr == nil {
+		relErr = fmt.Errorf("rabbitmq: release lock %s: %w", queue, err)
+	}
+	return relErr
 }
