@@ -29,6 +29,9 @@ type RemoteError struct {
 
 // Error returns "remote error: <message> (<codeString>, code <code>)".
 func (e *RemoteError) Error() string {
+	if e == nil {
+		return "remote error: <nil>"
+	}
 	var b strings.Builder
 	b.WriteString("remote error: ")
 	b.WriteString(e.Message)
@@ -61,18 +64,19 @@ type envelopeError struct {
 // ErrorBody returns the error envelope for err:
 // {"error":{"message","codeString","code","info","level","stack","isCustomError":true}}.
 // A *RemoteError found with errors.As is sent with its own fields (and its own Message,
-// without the text of errors wrapping it); any other error is sent with
+// without the text of errors wrapping it; a nil *RemoteError gives an empty message); any other error is sent with
 // message err.Error(). code 0 is sent as 500 and level "" as "fatal"; codeString, info
 // and stack are left out when empty (as JSON.stringify leaves out undefined). An Info
 // that cannot be encoded as JSON is left out. A nil err gives an empty message.
 func ErrorBody(err error) []byte {
 	var e envelopeError
 	var re *RemoteError
+	isRemote := errors.As(err, &re)
 	switch {
-	case errors.As(err, &re) && re != nil:
+	case isRemote && re != nil:
 		e = envelopeError{Message: re.Message, CodeString: re.CodeString, Code: re.Code,
 			Info: re.Info, Level: re.Level, Stack: re.Stack}
-	case err != nil:
+	case err != nil && !isRemote: // a typed nil *RemoteError gives an empty message
 		e.Message = err.Error()
 	}
 	if e.Code == 0 {
