@@ -241,7 +241,9 @@ func DurableQueue(service, name string) string {
 //
 // h's ctx is msg.Context(). An event whose handler returns an error or panics is
 // logged and dropped (acked): events are not retried; use a task for work that must be.
-// If the Router is not running yet, the listener starts when it does.
+// On a running Router, Listen returns once the subscriber declared and bound the queue
+// (waiting through a connection outage); if the Router is not running yet, the listener
+// starts when it does (see Listener.Started).
 func (b *Bus) Listen(target, pattern string, h message.NoPublishHandlerFunc, opts ...ListenOption) (*Listener, error) {
 	if b.cfg.Subscriber == nil {
 		return nil, ErrNoSubscriber
@@ -350,6 +352,18 @@ func (l *Listener) Queue() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.queue
+}
+
+// Started returns a channel that is closed once the Router started the current run's
+// handler, that is once the subscriber declared and bound its queue (on a running
+// Router that is before Listen and Start return). nil while stopped.
+func (l *Listener) Started() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.handler == nil {
+		return nil
+	}
+	return l.handler.Started()
 }
 
 // Running reports whether the listener is started (its handler may still wait for the
