@@ -23,10 +23,10 @@ const (
 	MetaRedelivered     = "mm.redelivered"      // receive only: "true"/"false"
 	MetaRoutingKey      = "mm.routing_key"      // receive only
 	MetaExchange        = "mm.exchange"         // receive only
-	MetaMMSPrefix       = "mms."                // __mms fields: mms.route, mms.iat, mms.eat,
-	// mms.isTask, mms.isError, mms.isEnd,
-	// mms.isStream, mms.sequence (unknown __mms
-	// keys pass through as mms.<key>)
+	// MetaMMSPrefix prefixes the __mms fields: mms.route, mms.iat, mms.eat, mms.isTask,
+	// mms.isError, mms.isEnd, mms.isStream, mms.sequence (constants MetaMMSRoute...);
+	// unknown __mms keys pass through as mms.<key>.
+	MetaMMSPrefix = "mms."
 
 	// MetaPrefix is the prefix of the metadata keys the Codec reserves for AMQP
 	// properties. Keys with this prefix that are not listed above are never sent.

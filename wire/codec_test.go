@@ -294,3 +294,19 @@ func TestUnmarshalInflateLimit(t *testing.T) {
 		t.Errorf("one byte over the limit: %v", err)
 	}
 }
+
+// An absent payload is sent as `""` (Node's absent body); the publishing does not share
+// memory with a constant, so callers may modify it.
+func TestMarshalEmptyPayload(t *testing.T) {
+	for _, payload := range [][]byte{nil, {}} {
+		p, err := wire.Codec{}.Marshal(message.NewMessage("u", payload))
+		if err != nil || string(p.Body) != `""` || p.ContentEncoding != "" {
+			t.Fatalf("payload %#v: body %q encoding %q, %v", payload, p.Body, p.ContentEncoding, err)
+		}
+		p.Body[0] = 'x'
+	}
+	p, _ := wire.Codec{}.Marshal(message.NewMessage("u", nil))
+	if string(p.Body) != `""` {
+		t.Errorf("body %q after a caller modified an earlier one", p.Body)
+	}
+}
