@@ -101,7 +101,7 @@ func TestMeasureCallsReportsTheCauseNotTheCancellations(t *testing.T) {
 func TestScenarios(t *testing.T) {
 	url := testbroker.URL(t)
 	names := scenarioNames()
-	for _, name := range []string{"raw-publish", "raw-consume", "raw-rpc", "publish"} {
+	for _, name := range []string{"raw-publish", "raw-consume", "raw-rpc", "publish", "consume"} {
 		found := false
 		for _, n := range names {
 			found = found || n == name
