@@ -333,8 +333,8 @@ type pubChannel struct {
 
 	pendMu  sync.Mutex
 	pending pendingRing // FIFO by delivery tag
-	dead    bool         // set by the tracker: no new pending entries
-	deadErr error        // nil: retry on the next channel
+	dead    bool        // set by the tracker: no new pending entries
+	deadErr error       // nil: retry on the next channel
 }
 
 type pendingPub struct {
