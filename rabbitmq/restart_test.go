@@ -24,7 +24,7 @@ func TestBrokerRestart(t *testing.T) {
 		t.Skip("stops and starts the shared broker: set MM_TEST_BROKER_RESTART=1 to run it")
 	}
 	testbroker.URL(t)
-	q := testbroker.Name("mmtest.restart")         // consumed through the restart
+	q := testbroker.Name("mmtest.restart")        // consumed through the restart
 	kept := testbroker.Name("mmtest.restartkept") // filled before, consumed after it
 	pubConn := connectCfg(t, rabbitmq.ConnectionConfig{Name: testbroker.Name("mmtest.restartpub"),
 		BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second})
