@@ -76,18 +76,24 @@
 // consumer_timeout (default 30 min); every delivery of that channel is then requeued.
 // The worker therefore cancels a handler's ctx after MaxDuration (default 25 min), waits
 // one more second, then counts the attempt as failed (reason "timeout") and retries the
-// task, acking the delivery well before the broker's limit. A handler that ignores its
-// ctx keeps running on its own goroutine (gauge micromessaging_tasks_abandoned_handlers)
-// while its task is retried, so handlers must honour ctx. For tasks that legitimately
-// run longer, raise the limit for their queue and MaxDuration with it:
+// task, acking the delivery before the broker's limit. A handler that ignores its ctx
+// keeps running on its own goroutine (gauge micromessaging_tasks_abandoned_handlers)
+// while its task is retried, so handlers must honour ctx. MaxDuration counts from the
+// call of the worker's handler, the broker's timeout from the delivery: time a delivery
+// waits before that (behind a concurrency limit in a middleware, say) counts for the
+// broker only, so leave a margin. For tasks that legitimately run longer, raise the
+// broker's limit for their queue and MaxDuration with it:
 //
 //   - RabbitMQ 3.11.15 and later: a policy, which leaves the queue's declaration (and so
 //     Node compatibility) untouched:
 //     rabbitmqctl set_policy --apply-to queues long-tasks '^q\.requests\.billing\.report$' '{"consumer-timeout":7200000}'
-//     (the x-consumer-timeout queue argument would change the declaration: do not use it
-//     on q.requests.*).
+//     (the x-consumer-timeout queue argument would change the declaration: never on
+//     q.requests.*).
 //   - Older brokers (3.10 here): only the global consumer_timeout in rabbitmq.conf (in
-//     ms) or advanced.config.
+//     ms), for every queue.
+//
+// RabbitMQ 4.3 enforces consumer timeouts on quorum queues only; q.requests.* are
+// classic queues.
 //
 // # Metrics
 //
