@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -108,7 +109,7 @@ type Service struct {
 	isUp       bool // Connect succeeded
 	routes     map[string]rpc.Handler
 	handlers   []*message.Handler // the Service's handlers on wm
-	replyReady bool               // the reply handler is on wm
+	replyReady atomic.Bool        // the reply handler is on wm (set under mu)
 	runCtx     context.Context    // lives from Connect to Close: the handlers' subscriptions
 	cancelRun  context.CancelFunc
 	routerErr  error // owned router: what its Run returned
@@ -355,12 +356,12 @@ func (s *Service) Stream(ctx context.Context, target, route string, body any, op
 // ensureReplies adds the reply handler on the first request (the reply queue is
 // declared lazily, as Node does).
 func (s *Service) ensureReplies(ctx context.Context) error {
-	s.mu.Lock()
-	started, ready := s.started, s.replyReady
-	s.mu.Unlock()
-	if ready {
+	if s.replyReady.Load() {
 		return nil
 	}
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
 	if !started {
 		return ErrNotConnected
 	}
@@ -376,7 +377,7 @@ func (s *Service) ensureReplies(ctx context.Context) error {
 		s.mu.Unlock()
 		return ErrClosed
 	}
-	if s.replyReady {
+	if s.replyReady.Load() {
 		s.mu.Unlock()
 		return nil
 	}
@@ -386,7 +387,7 @@ func (s *Service) ensureReplies(ctx context.Context) error {
 		return err
 	}
 	s.handlers = append(s.handlers, h)
-	s.replyReady = true
+	s.replyReady.Store(true)
 	s.mu.Unlock()
 	return s.startHandlers()
 }

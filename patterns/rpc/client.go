@@ -95,6 +95,26 @@ type Client struct {
 
 	mu      sync.Mutex
 	pending map[string]*call // by correlation id
+
+	routes sync.Map // route -> *routeMetrics
+}
+
+// routeMetrics are the client metrics of one route, resolved once.
+type routeMetrics struct {
+	outcomes map[string]prometheus.Counter
+	latency  prometheus.Observer
+}
+
+func (c *Client) routeMetrics(route string) *routeMetrics {
+	if rm, ok := c.routes.Load(route); ok {
+		return rm.(*routeMetrics)
+	}
+	rm := &routeMetrics{outcomes: map[string]prometheus.Counter{}, latency: c.m.latency.WithLabelValues(route)}
+	for _, o := range []string{OutcomeOK, OutcomeError, OutcomeTimeout, OutcomeUnroutable, OutcomeCanceled} {
+		rm.outcomes[o] = c.m.requests.WithLabelValues(route, o)
+	}
+	actual, _ := c.routes.LoadOrStore(route, rm)
+	return actual.(*routeMetrics)
 }
 
 // NewClient returns a Client. It does no I/O.
@@ -332,11 +352,12 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	}
 
 	outcome := OutcomeOK
+	rm := c.routeMetrics(route)
 	c.m.inFlight.Inc()
 	defer func() {
 		c.m.inFlight.Dec()
-		c.m.requests.WithLabelValues(route, outcome).Inc()
-		c.m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		rm.outcomes[outcome].Inc()
+		rm.latency.Observe(time.Since(start).Seconds())
 	}()
 	fail := func(o string, e error) (*Reply, error) {
 		outcome = o
@@ -393,7 +414,11 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	md[wire.MetaMMSRoute] = route
 	md[wire.MetaMMSIAT] = strconv.FormatInt(iat, 10)
 	md[wire.MetaMMSEAT] = strconv.FormatInt(iat+ms, 10)
-	msg.SetContext(ctx)
+	// Publishing (which waits for the connection during an outage) is bounded by the
+	// call's timeout too, not only by ctx.
+	pctx, cancelPublish := context.WithDeadline(ctx, start.Add(timeout))
+	defer cancelPublish()
+	msg.SetContext(pctx)
 
 	cl := &call{notify: make(chan struct{}, 1)}
 	c.mu.Lock()
@@ -411,9 +436,12 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 			return fail(OutcomeUnroutable, ErrUnroutable)
 		case ctx.Err() != nil:
 			return ctxDone()
+		case pctx.Err() != nil:
+			return timedOut()
 		}
 		return fail(OutcomeError, fmt.Errorf("publish: %w", err))
 	}
+	cancelPublish()
 
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()

@@ -126,13 +126,16 @@ func (s *Server) AddHandler(r *message.Router, sub message.Subscriber, route str
 // happens: handler errors and panics become error replies, expired requests are
 // dropped, and a reply that cannot be sent is logged (the caller times out).
 func (s *Server) HandlerFunc(route string, h Handler) message.NoPublishHandlerFunc {
-	requests := s.m.requests.MustCurryWith(prometheus.Labels{"route": route})
+	outcomes := map[string]prometheus.Counter{}
+	for _, o := range []string{OutcomeOK, OutcomeError, OutcomeExpired} {
+		outcomes[o] = s.m.requests.WithLabelValues(route, o)
+	}
 	latency := s.m.latency.WithLabelValues(route)
 	logger := s.logger.With(watermill.LogFields{"route": route})
 	return func(msg *message.Message) error {
 		start := time.Now()
 		outcome := s.serve(route, h, msg, logger, start)
-		requests.WithLabelValues(outcome).Inc()
+		outcomes[outcome].Inc()
 		if outcome != OutcomeExpired {
 			latency.Observe(time.Since(start).Seconds())
 		}
