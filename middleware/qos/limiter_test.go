@@ -110,8 +110,8 @@ func TestBackPressure(t *testing.T) {
 	l, src, gcs := newTestLimiter(t, Config{
 		InitialInFlight: 40,
 		MemorySoftLimit: 650, MemoryHardLimit: 800,
-		Prefetch: 50,
-		Routes:   map[string]RouteLimit{"slow": {MaxInFlight: 3}},
+		Prefetch:   50,
+		Routes:     map[string]RouteLimit{"slow": {MaxInFlight: 3}},
 		OnPressure: hook, OnRelease: hook,
 	})
 	all, slow := &fakeFlow{}, &fakeFlow{}
