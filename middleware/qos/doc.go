@@ -81,11 +81,14 @@
 //
 // Attach registers a FlowControl (a subscription; *rabbitmq.Subscriber satisfies it)
 // with an optional route. While the state is Normal the limiter leaves it alone. Under
-// Pressure it sets its prefetch to its share of the global limit (the limit divided by
-// the number of attached subscriptions, rounded up, at most Config.Prefetch and the
-// route's MaxInFlight), so that the broker keeps the rest for other consumers. When
-// Stopped it pauses it (basic.cancel: messages already delivered stay unacked here and
-// are handled after the stop; the rest stay in the queue). When the state gets back to
+// Pressure it sets its prefetch to twice its share of the global limit (the limit
+// divided by the number of attached subscriptions, rounded up, and at most the route's
+// MaxInFlight), at most Config.Prefetch: the broker keeps the rest for other
+// consumers, and the handlers never starve waiting for the next delivery. Changes of
+// less than a quarter are skipped, since a new prefetch replaces the consumer. When
+// Stopped it pauses it (basic.cancel: the rest stay in the queue; with the rabbitmq
+// transport, messages received but not yet handed to the router are requeued, and
+// those already handed out wait here, unacked, for the stop to end). When the state gets back to
 // Normal it sets the prefetch back to Config.Prefetch (100 by default: set it to the
 // prefetch your subscribers use) and resumes it. A failed call is logged and retried
 // at the next sample. Detaching a subscription restores it too.

@@ -135,8 +135,8 @@ func TestBackPressure(t *testing.T) {
 	if l.State() != Pressure || l.Limit() != 20 {
 		t.Fatalf("state %v limit %d, want pressure 20", l.State(), l.Limit())
 	}
-	wantCalls(t, all, "prefetch 10")
-	wantCalls(t, slow, "prefetch 3")
+	wantCalls(t, all, "prefetch 20") // twice the share of 20/2
+	wantCalls(t, slow, "prefetch 6") // twice the route's 3
 
 	// One message in flight when intake stops.
 	h := newBlockingHandler()
@@ -144,6 +144,16 @@ func TestBackPressure(t *testing.T) {
 	errs := make(chan error, 2)
 	go func() { _, err := mw(message.NewMessage("m1", []byte("x"))); errs <- err }()
 	<-h.started
+
+	step(690) // still soft: 10, prefetch share 5 -> 10, a change of half: applied
+	wantCalls(t, all, "prefetch 10")
+	wantCalls(t, slow) // route: still 6
+	a := &attachment{fc: all, prefetch: 10}
+	l.setFlow(a, 12) // within a quarter of 10: skipped
+	l.setFlow(a, 8)
+	wantCalls(t, all)
+	l.setFlow(a, 13)
+	wantCalls(t, all, "prefetch 13")
 
 	step(900) // hard: stop, pause
 	if l.State() != Stopped || l.Limit() != 0 {
@@ -172,8 +182,8 @@ func TestBackPressure(t *testing.T) {
 	}
 
 	step(100) // memory back: resume and restore prefetch
-	if l.State() != Normal || l.Limit() != 10 {
-		t.Fatalf("state %v limit %d, want normal 10 (halved on stop)", l.State(), l.Limit())
+	if l.State() != Normal || l.Limit() != 5 {
+		t.Fatalf("state %v limit %d, want normal 5 (halved on stop)", l.State(), l.Limit())
 	}
 	wantCalls(t, all, "prefetch 50", "resume")
 	wantCalls(t, slow, "prefetch 50", "resume")

@@ -594,11 +594,7 @@ func (l *Limiter) applyFlow(st policyState) {
 		case Stopped:
 			l.pause(a)
 		case Pressure:
-			p := min(share, l.cfg.Prefetch)
-			if r, ok := l.cfg.Routes[a.route]; ok && r.MaxInFlight > 0 {
-				p = min(p, r.MaxInFlight)
-			}
-			l.setFlow(a, p)
+			l.setFlow(a, l.pressurePrefetch(share, a.route))
 		default:
 			l.restore(a, false)
 		}
@@ -618,6 +614,16 @@ func (l *Limiter) pause(a *attachment) {
 	a.paused = true
 }
 
+// pressurePrefetch is the prefetch of a subscription under pressure: twice its share
+// of the limit (so that its handlers never starve waiting for the broker's next
+// delivery), at most Config.Prefetch.
+func (l *Limiter) pressurePrefetch(share int, route string) int {
+	if r, ok := l.cfg.Routes[route]; ok && r.MaxInFlight > 0 {
+		share = min(share, r.MaxInFlight)
+	}
+	return max(1, min(2*share, l.cfg.Prefetch))
+}
+
 // setFlow sets the prefetch to p and resumes the subscription if it was paused.
 func (l *Limiter) setFlow(a *attachment, p int) {
 	a.mu.Lock()
@@ -625,7 +631,8 @@ func (l *Limiter) setFlow(a *attachment, p int) {
 	if a.detached {
 		return
 	}
-	if a.prefetch != p {
+	// A prefetch change replaces the broker consumer: skip changes under a quarter.
+	if a.prefetch == 0 || p*4 < a.prefetch*3 || p*4 > a.prefetch*5 {
 		if err := a.fc.SetPrefetch(p); err != nil {
 			l.logger.Error("QoS: setting prefetch failed", err, watermill.LogFields{"route": a.route, "prefetch": p})
 			return
