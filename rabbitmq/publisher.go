@@ -185,18 +185,31 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		if err != nil {
 			return err
 		}
-		b := newBatch(len(todo))
+		results := make([]result, len(todo))
+		dcs := make([]*amqp.DeferredConfirmation, len(todo))
 		for j, i := range todo {
-			pc.publish(ctx, p, topic, pubs[i], b, j)
+			dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, p.cfg.Exchange, topic, p.cfg.Mandatory, false, pubs[i])
+			if err != nil {
+				results[j] = pc.writeFailed(ctx, err)
+				continue
+			}
+			p.metrics.published.Inc()
+			dcs[j] = dc
 		}
-		if p.cfg.NoConfirm {
-			b.wait(ctx) // settled by publish itself
-		} else if err := b.wait(ctx); err != nil {
-			return fmt.Errorf("rabbitmq: waiting for publisher confirms: %w", err)
+		for j, dc := range dcs {
+			if dc == nil { // write failed, or NoConfirm
+				continue
+			}
+			select {
+			case <-dc.Done():
+			case <-ctx.Done():
+				return fmt.Errorf("rabbitmq: waiting for publisher confirms: %w", ctx.Err())
+			}
+			results[j] = pc.outcome(p, dc, pubs[todo[j]].MessageId)
 		}
 		var retry []int
 		for j, i := range todo {
-			switch r := b.results[j]; {
+			switch r := results[j]; {
 			case r.lost:
 				retry = append(retry, i)
 			case r.err != nil:
@@ -301,157 +314,79 @@ func (p *Publisher) open(conn *amqp.Connection) (*pubChannel, error) {
 			return fail(err)
 		}
 	}
-	pc := &pubChannel{ch: ch, conn: conn, confirm: !p.cfg.NoConfirm}
+	pc := &pubChannel{ch: ch, conn: conn, confirm: !p.cfg.NoConfirm, dead: make(chan struct{})}
 	pc.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
 	if p.cfg.Mandatory {
-		pc.returns = ch.NotifyReturn(make(chan amqp.Return, 256))
+		// amqp091 hands a basic.return to these two listeners in turn, and only then reads
+		// the next frame (the basic.ack of the same message). The watcher records the
+		// return from the first and then takes the second, so by the time a publisher sees
+		// its confirm, the return of its message is recorded.
+		pc.returns = ch.NotifyReturn(make(chan amqp.Return, 64))
+		pc.barrier = ch.NotifyReturn(make(chan amqp.Return))
+		pc.returned = make(map[string]int)
 	}
 	if pc.confirm {
 		if err := ch.Confirm(false); err != nil {
 			return fail(fmt.Errorf("rabbitmq: confirm mode: %w", err))
 		}
-		pc.confirms = ch.NotifyPublish(make(chan amqp.Confirmation, 1024))
-		pc.returned = make(map[string]int)
 	}
 	p.trackers.Add(1)
-	go pc.track(p)
+	go pc.watch(p)
 	return pc, nil
 }
 
-// pubChannel is one AMQP channel of a Publisher and its confirm tracking.
+// pubChannel is one AMQP channel of a Publisher. Confirms are tracked by amqp091 (one
+// DeferredConfirmation per publish, resolved by its reader goroutine); a watcher
+// goroutine records returns and the reason the channel closed.
 type pubChannel struct {
-	ch       *amqp.Channel
-	conn     *amqp.Connection
-	confirm  bool
-	closing  atomic.Bool // closed by Publisher.Close: pending publishes fail, no retry
-	closed   chan *amqp.Error
-	confirms chan amqp.Confirmation
-	returns  chan amqp.Return
-	returned map[string]int // MessageId -> returns not yet matched (tracker goroutine only)
+	ch      *amqp.Channel
+	conn    *amqp.Connection
+	confirm bool
+	closing atomic.Bool // closed by Publisher.Close: pending publishes fail, no retry
+	closed  chan *amqp.Error
+	returns chan amqp.Return
+	barrier chan amqp.Return
 
-	pubMu sync.Mutex // serializes sequence numbers and writes
+	rmu      sync.Mutex
+	returned map[string]int // MessageId -> returns not yet matched to a confirm
 
-	pendMu  sync.Mutex
-	pending pendingRing // FIFO by delivery tag
-	dead    bool        // set by the tracker: no new pending entries
-	deadErr error       // nil: retry on the next channel
+	dead    chan struct{} // closed by the watcher after the channel closed
+	deadErr error         // set before dead is closed; nil: publish again on the next channel
 }
 
-type pendingPub struct {
-	tag   uint64
-	msgID string
-	b     *batch
-	i     int
-}
-
-// publish writes one message and registers it for its confirm; the outcome lands in
-// b.results[i].
-func (pc *pubChannel) publish(ctx context.Context, p *Publisher, topic string, pub amqp.Publishing, b *batch, i int) {
-	pc.pubMu.Lock()
-	var tag uint64
-	if pc.confirm {
-		tag = pc.ch.GetNextPublishSeqNo()
-		pc.pendMu.Lock()
-		if pc.dead {
-			retry := pc.deadErr == nil
-			err := pc.deadErr
-			pc.pendMu.Unlock()
-			pc.pubMu.Unlock()
-			b.settle(i, err, retry)
-			return
-		}
-		pc.pending.push(pendingPub{tag: tag, msgID: pub.MessageId, b: b, i: i})
-		pc.pendMu.Unlock()
-	}
-	err := pc.ch.PublishWithContext(ctx, p.cfg.Exchange, topic, p.cfg.Mandatory, false, pub)
-	if err != nil && pc.confirm {
-		// amqp091 gave the sequence number back; so do we (we hold pubMu: it is the last).
-		pc.pendMu.Lock()
-		if pc.pending.n > 0 && pc.pending.back().tag == tag && pc.pending.back().b == b {
-			pc.pending.popBack()
-		} else {
-			b = nil // the tracker settled it already (channel died)
-		}
-		pc.pendMu.Unlock()
-	}
-	pc.pubMu.Unlock()
-	if err == nil {
-		p.metrics.published.Inc()
-		if !pc.confirm {
-			b.settle(i, nil, false)
-		}
-		return
-	}
-	if b == nil {
-		return
-	}
-	switch {
-	case ctx.Err() != nil:
-		b.settle(i, ctx.Err(), false)
-	case errors.Is(err, amqp.ErrClosed) || pc.ch.IsClosed():
-		if pc.closing.Load() {
-			b.settle(i, ErrClosed, false)
-		} else {
-			b.settle(i, nil, true) // the channel is gone: try the next one
-		}
-	default:
-		b.settle(i, err, false)
-	}
-}
-
-// track resolves confirms and returns until the channel closes, then settles what is
-// still pending. amqp091 dispatches a basic.return before the basic.ack of the same
-// message from one goroutine, so draining the returns channel before resolving a
-// confirm is enough to see the return of that message.
-func (pc *pubChannel) track(p *Publisher) {
+// watch records returns until the channel closes, then records why it closed.
+func (pc *pubChannel) watch(p *Publisher) {
 	defer p.trackers.Done()
 	var reason *amqp.Error
-	closed, confirms := pc.closed, pc.confirms
-	for closed != nil || confirms != nil || pc.returns != nil {
+	closed, returns := pc.closed, pc.returns
+	for closed != nil || returns != nil {
 		select {
-		case r, ok := <-pc.returns:
+		case r, ok := <-returns:
 			if !ok {
-				pc.returns = nil
+				returns = nil
 				continue
 			}
 			pc.noteReturn(p, r)
-		case c, ok := <-confirms:
-			if !ok {
-				confirms = nil
-				continue
+			if _, ok := <-pc.barrier; !ok {
+				returns = nil
 			}
-			pc.drainReturns(p)
-			pc.resolve(p, c)
 		case e, ok := <-closed:
-			// Confirms and returns are closed right after: keep draining them.
 			if ok {
 				reason = e
 			}
 			closed = nil
 		}
 	}
-	// The channel is closed. Decide what the publishes still pending get.
-	var err error
 	switch {
 	case pc.closing.Load():
-		err = ErrClosed
+		pc.deadErr = ErrClosed
 	case pc.conn.IsClosed():
-		// Connection lost: publish again on the next connection.
+		// Connection lost: what was not confirmed is published again on the next one.
 	case reason != nil:
-		err = fmt.Errorf("rabbitmq: channel closed by the broker: %w", reason)
+		pc.deadErr = fmt.Errorf("rabbitmq: channel closed by the broker: %w", reason)
 		p.logger.Error("Publisher channel closed by the broker", reason, nil)
 	}
-	pc.pendMu.Lock()
-	pc.dead, pc.deadErr = true, err
-	pending := pc.pending.drain()
-	pc.pendMu.Unlock()
-	for _, pp := range pending {
-		pp.b.settle(pp.i, err, err == nil)
-	}
-	if len(pending) > 0 && err == nil {
-		p.logger.Info("Publisher channel lost before confirms; publishing those messages again",
-			watermill.LogFields{"messages": len(pending)})
-	}
+	close(pc.dead)
 }
 
 func (pc *pubChannel) noteReturn(p *Publisher, r amqp.Return) {
@@ -462,136 +397,62 @@ func (pc *pubChannel) noteReturn(p *Publisher, r amqp.Return) {
 			"reply_code": r.ReplyCode, "reply_text": r.ReplyText})
 		return
 	}
+	pc.rmu.Lock()
 	pc.returned[r.MessageId]++
+	pc.rmu.Unlock()
 }
 
-func (pc *pubChannel) drainReturns(p *Publisher) {
-	for {
-		select {
-		case r, ok := <-pc.returns:
-			if !ok {
-				pc.returns = nil
-				return
-			}
-			pc.noteReturn(p, r)
-		default:
-			return
-		}
+// takeReturn reports (once) whether the message with this id was returned.
+func (pc *pubChannel) takeReturn(id string) bool {
+	pc.rmu.Lock()
+	defer pc.rmu.Unlock()
+	n := pc.returned[id]
+	if n == 0 {
+		return false
 	}
+	if n == 1 {
+		delete(pc.returned, id)
+	} else {
+		pc.returned[id] = n - 1
+	}
+	return true
 }
 
-func (pc *pubChannel) resolve(p *Publisher, c amqp.Confirmation) {
-	var pp pendingPub
-	found := false
-	pc.pendMu.Lock()
-	// Confirms arrive in tag order (amqp091 resequences them), so the entry is the oldest.
-	for pc.pending.n > 0 && pc.pending.front().tag <= c.DeliveryTag {
-		pp = pc.pending.pop()
-		if pp.tag == c.DeliveryTag {
-			found = true
-			break
-		}
-		pc.pendMu.Unlock()
-		pp.b.settle(pp.i, errors.New("rabbitmq: publisher confirm missing"), false)
-		pc.pendMu.Lock()
+// outcome is the result of a publish whose confirmation is done.
+func (pc *pubChannel) outcome(p *Publisher, dc *amqp.DeferredConfirmation, id string) result {
+	if pc.returns != nil && pc.takeReturn(id) {
+		return result{err: ErrUnroutable}
 	}
-	pc.pendMu.Unlock()
-	if !found {
-		return
-	}
-	var err error
-	switch {
-	case pc.returned[pp.msgID] > 0:
-		if pc.returned[pp.msgID]--; pc.returned[pp.msgID] == 0 {
-			delete(pc.returned, pp.msgID)
-		}
-		err = ErrUnroutable
-	case !c.Ack:
-		p.metrics.nacked.Inc()
-		err = ErrNacked
-	default:
+	if dc.Acked() {
 		p.metrics.confirmed.Inc()
+		return result{}
 	}
-	pp.b.settle(pp.i, err, false)
-}
-
-// pendingRing is a FIFO of publishes waiting for their confirm.
-type pendingRing struct {
-	buf  []pendingPub // len is a power of two
-	head int
-	n    int
-}
-
-func (r *pendingRing) push(pp pendingPub) {
-	if r.n == len(r.buf) {
-		nb := make([]pendingPub, max(64, 2*len(r.buf)))
-		for i := 0; i < r.n; i++ {
-			nb[i] = r.buf[(r.head+i)&(len(r.buf)-1)]
-		}
-		r.buf, r.head = nb, 0
+	if pc.ch.IsClosed() {
+		// amqp091 resolves the confirmations still pending as nacks when the channel
+		// closes.
+		<-pc.dead
+		return result{err: pc.deadErr, lost: pc.deadErr == nil}
 	}
-	r.buf[(r.head+r.n)&(len(r.buf)-1)] = pp
-	r.n++
+	p.metrics.nacked.Inc()
+	return result{err: ErrNacked}
 }
 
-func (r *pendingRing) front() *pendingPub { return &r.buf[r.head] }
-
-func (r *pendingRing) back() *pendingPub { return &r.buf[(r.head+r.n-1)&(len(r.buf)-1)] }
-
-func (r *pendingRing) pop() pendingPub {
-	pp := r.buf[r.head]
-	r.buf[r.head] = pendingPub{}
-	r.head = (r.head + 1) & (len(r.buf) - 1)
-	r.n--
-	return pp
-}
-
-func (r *pendingRing) popBack() {
-	r.buf[(r.head+r.n-1)&(len(r.buf)-1)] = pendingPub{}
-	r.n--
-}
-
-func (r *pendingRing) drain() []pendingPub {
-	out := make([]pendingPub, 0, r.n)
-	for r.n > 0 {
-		out = append(out, r.pop())
+// writeFailed classifies a failed write.
+func (pc *pubChannel) writeFailed(ctx context.Context, err error) result {
+	switch {
+	case ctx.Err() != nil:
+		return result{err: ctx.Err()}
+	case errors.Is(err, amqp.ErrClosed) || pc.ch.IsClosed():
+		<-pc.dead
+		return result{err: pc.deadErr, lost: pc.deadErr == nil}
 	}
-	return out
+	return result{err: err}
 }
 
 // result is the outcome of one message of a Publish attempt.
 type result struct {
 	err  error
 	lost bool // channel died before the confirm: publish again
-}
-
-// batch collects the outcomes of the messages of one Publish attempt.
-type batch struct {
-	results   []result
-	remaining atomic.Int32
-	done      chan struct{}
-}
-
-func newBatch(n int) *batch {
-	b := &batch{results: make([]result, n), done: make(chan struct{})}
-	b.remaining.Store(int32(n))
-	return b
-}
-
-func (b *batch) settle(i int, err error, lost bool) {
-	b.results[i] = result{err: err, lost: lost}
-	if b.remaining.Add(-1) == 0 {
-		close(b.done)
-	}
-}
-
-func (b *batch) wait(ctx context.Context) error {
-	select {
-	case <-b.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // mergeContexts returns a context that ends when any message's context ends.

@@ -1,0 +1,237 @@
+package rabbitmq_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/micromessaging/micromessaging/internal/testbroker"
+	"github.com/micromessaging/micromessaging/rabbitmq"
+	"github.com/micromessaging/micromessaging/wire"
+)
+
+// Benchmarks of the library against raw amqp091-go on the same broker, in one run:
+//
+//	go test -run '^$' -bench . -benchtime 20000x ./rabbitmq/
+//
+// Each reports msgs/s (b.N messages of 256 bytes, persistent, to a durable queue).
+// Publish: library Publish from C goroutines with confirms vs one raw channel with up to
+// 1000 unconfirmed publishes (async confirms). Consume: a message.Router handler that
+// returns nil (the router acks) with Prefetch 100 vs a raw consumer with prefetch 100
+// and Ack(multiple) every 50 deliveries.
+
+const benchSize = 256
+
+func benchQueue(b *testing.B) (*admin, string) {
+	adm := newAdmin(b)
+	q := testbroker.Name("mmtest.bench")
+	if _, err := adm.channel().QueueDeclare(q, true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	adm.deleteLater(q)
+	return adm, q
+}
+
+func reportRate(b *testing.B, elapsed time.Duration) {
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(0, "ns/op")
+}
+
+func BenchmarkPublish(b *testing.B) {
+	for _, c := range []int{16, 64, 256} {
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) {
+			_, q := benchQueue(b)
+			conn := connect(b, testbroker.Name("mmtest.benchpub"))
+			pub := newPublisher(b, conn, rabbitmq.PublisherConfig{Marshaler: wire.Codec{Persistent: true}})
+			payload := make([]byte, benchSize)
+			if err := pub.Publish(q, newMsg("warm-up")); err != nil {
+				b.Fatal(err)
+			}
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			errs := make(chan error, c)
+			b.ResetTimer()
+			start := time.Now()
+			for range c {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for next.Add(1) <= int64(b.N) {
+						if err := pub.Publish(q, message.NewMessage(watermill.NewUUID(), payload)); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			close(errs)
+			for err := range errs {
+				b.Fatal(err)
+			}
+			reportRate(b, elapsed)
+		})
+	}
+}
+
+// rawPublishConfirmed publishes n persistent messages on ch (in confirm mode) with at most
+// window unconfirmed, and returns when all are confirmed.
+func rawPublishConfirmed(ch *amqp.Channel, queue string, n, window int, body []byte) error {
+	if err := ch.Confirm(false); err != nil {
+		return err
+	}
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
+	credits := make(chan struct{}, window)
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			c, ok := <-confirms
+			if !ok {
+				done <- fmt.Errorf("channel closed after %d confirms", i)
+				return
+			}
+			if !c.Ack {
+				done <- fmt.Errorf("publish %d nacked", c.DeliveryTag)
+				return
+			}
+			<-credits
+		}
+		done <- nil
+	}()
+	p := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: wire.ContentType, Body: body}
+	for i := 0; i < n; i++ {
+		select {
+		case credits <- struct{}{}:
+		case err := <-done:
+			return err
+		}
+		if err := ch.PublishWithContext(context.Background(), "", queue, false, false, p); err != nil {
+			return err
+		}
+	}
+	return <-done
+}
+
+// BenchmarkRawPublish: window=1000 is the yardstick (bench-baseline's raw-publish); the
+// smaller windows match the Publish concurrency levels (at most C messages in flight).
+func BenchmarkRawPublish(b *testing.B) {
+	for _, window := range []int{1000, 256, 64, 16} {
+		b.Run(fmt.Sprintf("window=%d", window), func(b *testing.B) {
+			_, q := benchQueue(b)
+			conn, err := amqp.Dial(testbroker.URL(b))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			start := time.Now()
+			if err := rawPublishConfirmed(ch, q, b.N, window, make([]byte, benchSize)); err != nil {
+				b.Fatal(err)
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			reportRate(b, elapsed)
+		})
+	}
+}
+
+// prefill puts n persistent messages (as the wire codec sends them) in a fresh queue.
+func prefill(b *testing.B, n int) string {
+	adm, q := benchQueue(b)
+	ch, err := adm.conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ch.Close()
+	if err := rawPublishConfirmed(ch, q, n, 1000, make([]byte, benchSize)); err != nil {
+		b.Fatal(err)
+	}
+	return q
+}
+
+func BenchmarkConsumeRouter(b *testing.B) {
+	q := prefill(b, b.N)
+	conn := connect(b, testbroker.Name("mmtest.benchsub"))
+	sub := newSubscriber(b, conn, rabbitmq.SubscriberConfig{Prefetch: 100})
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, testLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var handled atomic.Int64
+	done := make(chan struct{})
+	router.AddConsumerHandler("bench", q, sub, func(*message.Message) error {
+		if handled.Add(1) == int64(b.N) {
+			close(done)
+		}
+		return nil
+	})
+	runErr := make(chan error, 1)
+	b.ResetTimer()
+	start := time.Now()
+	go func() { runErr <- router.Run(context.Background()) }()
+	select {
+	case <-done:
+	case err := <-runErr:
+		b.Fatalf("router stopped: %v", err)
+	case <-time.After(5 * time.Minute):
+		b.Fatalf("handled %d of %d", handled.Load(), b.N)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err := router.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := <-runErr; err != nil {
+		b.Fatal(err)
+	}
+	reportRate(b, elapsed)
+}
+
+func BenchmarkRawConsume(b *testing.B) {
+	q := prefill(b, b.N)
+	conn, err := amqp.Dial(testbroker.URL(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Qos(100, 0, false); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 1; i <= b.N; i++ {
+		d, ok := <-deliveries
+		if !ok {
+			b.Fatalf("consumer closed after %d", i-1)
+		}
+		if i%50 == 0 || i == b.N {
+			if err := d.Ack(true); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	reportRate(b, elapsed)
+}
