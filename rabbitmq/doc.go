@@ -40,11 +40,14 @@ acks on another connection keep going. ConnectionConfig.Name is shown by the bro
 
 # Publishing (confirms, mandatory, outages)
 
-A Publisher uses one channel at a time, in confirm mode unless NoConfirm. Concurrent
-Publish calls write to it one after the other and wait for their confirms concurrently,
-so many publishes are in flight at once; one goroutine per channel matches confirms (and
-returns) to the waiting calls. Publish returns when the broker confirmed each of its
-messages: nil, or an error per message (ErrNacked for basic.nack).
+A Publisher uses one channel at a time, in confirm mode unless NoConfirm; no channel is
+opened per publish. Concurrent Publish calls write to it one after the other and wait
+for their confirms concurrently, so many publishes are in flight at once (pipelined
+confirms; amqp091's reader goroutine wakes each caller when its confirm arrives). Publish
+returns when the broker confirmed each of its messages: nil, or an error per message
+(ErrNacked for basic.nack). Throughput grows with the number of concurrent callers (or
+messages per call), since each caller has its messages in flight until they are
+confirmed.
 
 With Mandatory, a message that no queue is bound for is returned by the broker
 (basic.return) and its Publish fails with ErrUnroutable (wrapped; errors.Is works).
@@ -79,9 +82,12 @@ cannot decode is rejected without requeue at once (dead-lettered if its queue ha
 dead-letter exchange, dropped otherwise), logged, and counted in
 micromessaging_rabbitmq_undecodable_total.
 
-SetPrefetch changes the prefetch at run time (RabbitMQ applies a per-consumer prefetch to
+SetPrefetch changes the prefetch at run time. RabbitMQ applies a per-consumer prefetch to
 new consumers only, so the running consumer is replaced; messages already received are
-handed out as usual). Pause cancels the consumers (basic.cancel): when it returns no new
+handed out as usual. After a decrease the new consumer starts once fewer messages than
+the new prefetch are in flight, so the number in flight never rises above the old limit
+and falls to the new one. (A channel-wide "global" prefetch would apply at once, but
+quorum queues refuse it.) Pause cancels the consumers (basic.cancel): when it returns no new
 message is handed out, messages received but not handed out are requeued at once, and
 messages in handlers can still be acked or nacked. Resume consumes again. *Subscriber
 satisfies the qos.FlowControl interface.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -189,15 +190,16 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		return nil, ErrClosed
 	}
 	sub := &subscription{
-		s:       s,
-		topic:   topic,
-		q:       s.cfg.Queue(topic),
-		out:     make(chan *message.Message),
-		ctl:     make(chan chan struct{}),
-		done:    make(chan struct{}),
-		ctxDone: ctx.Done(),
-		msgCtx:  context.WithoutCancel(ctx),
-		logger:  s.logger.With(watermill.LogFields{"topic": topic}),
+		s:        s,
+		topic:    topic,
+		q:        s.cfg.Queue(topic),
+		out:      make(chan *message.Message),
+		ctl:      make(chan chan struct{}),
+		stopping: make(chan struct{}),
+		done:     make(chan struct{}),
+		ctxDone:  ctx.Done(),
+		msgCtx:   context.WithoutCancel(ctx),
+		logger:   s.logger.With(watermill.LogFields{"topic": topic}),
 	}
 	var ss *session
 	for {
@@ -282,9 +284,9 @@ func (s *Subscriber) control(change func()) error {
 		case sub.ctl <- reply:
 			select {
 			case <-reply:
-			case <-sub.done:
+			case <-sub.stopping:
 			}
-		case <-sub.done:
+		case <-sub.stopping:
 		}
 	}
 	return nil
@@ -318,15 +320,18 @@ func (s *Subscriber) Close() error {
 // subscription is one Subscribe call: a goroutine that runs sessions (one channel each)
 // until ctx ends or the Subscriber closes, reconnecting in between.
 type subscription struct {
-	s       *Subscriber
-	topic   string
-	q       Queue
-	out     chan *message.Message
-	ctl     chan chan struct{} // "apply the desired state", answered by closing the reply
-	done    chan struct{}
-	ctxDone <-chan struct{}
-	msgCtx  context.Context // parent of message contexts: Subscribe's ctx without its cancel
-	logger  watermill.LoggerAdapter
+	s     *Subscriber
+	topic string
+	q     Queue
+	out   chan *message.Message
+	ctl   chan chan struct{} // "apply the desired state", answered by closing the reply
+	// stopping is closed when the subscription stops consuming for good (it may still
+	// drain its handlers for a while); done when its goroutine ends.
+	stopping chan struct{}
+	done     chan struct{}
+	ctxDone  <-chan struct{}
+	msgCtx   context.Context // parent of message contexts: Subscribe's ctx without its cancel
+	logger   watermill.LoggerAdapter
 }
 
 func (sub *subscription) run(ss *session) {
@@ -341,6 +346,7 @@ func (sub *subscription) run(ss *session) {
 	for {
 		if ss.serve() {
 			ss.stopConsuming()
+			close(sub.stopping)
 			close(sub.out)
 			ss.drain(sub.closeDeadline())
 			sub.logger.Debug("Subscription ended", nil)
@@ -349,6 +355,7 @@ func (sub *subscription) run(ss *session) {
 		ss.lost()
 		ss = sub.reconnect()
 		if ss == nil {
+			close(sub.stopping)
 			close(sub.out)
 			return
 		}
@@ -440,6 +447,15 @@ type session struct {
 	retryC    <-chan time.Time
 	attempts  int
 
+	// unsettled counts deliveries received and not yet settled (acked, nacked, rejected
+	// or released). After a prefetch decrease the new consumer starts only once it is
+	// below the new prefetch (waitBelow), so the messages in flight never exceed the old
+	// limit and fall to the new one.
+	unsettled atomic.Int64
+	waitBelow int
+	waiting   atomic.Bool   // waitBelow is set: settles wake serve
+	wake      chan struct{} // capacity 1
+
 	pending       *message.Message // decoded, not yet handed out
 	pendingTag    uint64
 	pendingCancel context.CancelFunc
@@ -461,6 +477,7 @@ func (sub *subscription) openSession(conn *amqp.Connection) (*session, error) {
 		closed:  ch.NotifyClose(make(chan *amqp.Error, 1)),
 		cancels: ch.NotifyCancel(make(chan string, 8)),
 		abandon: make(chan struct{}),
+		wake:    make(chan struct{}, 1),
 	}
 	fail := func(err error) (*session, error) {
 		_ = ch.Close()
@@ -545,9 +562,14 @@ func (ss *session) serve() bool {
 		case d, ok := <-drain:
 			if !ok {
 				ss.draining = ss.draining[1:]
+				if ss.waitBelow > 0 {
+					ss.resume()
+				}
 				continue
 			}
 			ss.prepare(d)
+		case <-ss.wake:
+			ss.resume()
 		case tag, ok := <-ss.cancels:
 			if !ok {
 				ss.cancels = nil
@@ -579,8 +601,12 @@ func (ss *session) serve() bool {
 func (ss *session) prepare(d amqp.Delivery) {
 	s := ss.sub.s
 	s.metrics.deliveries.Inc()
+	if ss.acks != nil {
+		ss.unsettled.Add(1)
+	}
 	if ss.paused && ss.acks != nil {
 		ss.acks.release(d.DeliveryTag)
+		ss.settledOne()
 		return
 	}
 	msg, err := s.cfg.Marshaler.Unmarshal(d)
@@ -589,6 +615,7 @@ func (ss *session) prepare(d amqp.Delivery) {
 		action := "rejected (dead-lettered if the queue has a dead-letter exchange)"
 		if ss.acks != nil {
 			ss.acks.reject(d.DeliveryTag)
+			ss.settledOne()
 		} else {
 			action = "dropped"
 		}
@@ -626,10 +653,24 @@ func (ss *session) watch(msg *message.Message, tag uint64, cancel context.Cancel
 	case <-msg.Acked():
 		ss.acks.ack(tag)
 		m.acked.Inc()
+		ss.settledOne()
 	case <-msg.Nacked():
 		ss.acks.nack(tag)
 		m.nacked.Inc()
+		ss.settledOne()
 	case <-ss.abandon:
+	}
+}
+
+// settledOne counts a settled delivery and wakes serve when it waits for the count to
+// fall below a new prefetch.
+func (ss *session) settledOne() {
+	ss.unsettled.Add(-1)
+	if ss.waiting.Load() {
+		select {
+		case ss.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -643,6 +684,7 @@ func (ss *session) releasePending(requeue bool) {
 			ss.acks.release(ss.pendingTag)
 		}
 		ss.pendingCancel()
+		ss.settledOne()
 	}
 	ss.pending, ss.pendingCancel = nil, nil
 }
@@ -694,6 +736,13 @@ func (ss *session) resume() {
 	if ss.paused || ss.activeTag != "" || ss.retryC != nil {
 		return
 	}
+	if ss.waitBelow > 0 {
+		if len(ss.draining) > 0 || ss.unsettled.Load() >= int64(ss.waitBelow) {
+			return // after a prefetch decrease: wait for messages in flight to settle
+		}
+		ss.waitBelow = 0
+		ss.waiting.Store(false)
+	}
 	if ss.redeclare {
 		if _, err := declareTopology(ss.ch, ss.sub.s.cfg.Declare, ss.sub.q); err != nil {
 			if !ss.ch.IsClosed() {
@@ -726,11 +775,18 @@ func (ss *session) apply() {
 			}
 			return
 		}
+		decrease := prefetch < ss.prefetch
 		ss.prefetch = prefetch
 		ss.acks.setBatch(prefetch / 2)
-		// The new limit applies to new consumers: replace the running one.
-		if !paused && ss.activeTag != "" {
-			ss.cancelConsumer()
+		// The new limit applies to new consumers: replace the running one. After a
+		// decrease the new one starts once fewer than prefetch messages are in flight.
+		ss.cancelConsumer()
+		if decrease {
+			ss.waitBelow = prefetch
+			ss.waiting.Store(true)
+		} else {
+			ss.waitBelow = 0
+			ss.waiting.Store(false)
 		}
 	}
 	ss.paused = paused

@@ -293,9 +293,13 @@ func TestSetPrefetch(t *testing.T) {
 	if err := sub.SetPrefetch(1); err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range held {
+	// A decrease: no new message until fewer than 1 are in flight.
+	noMessage(t, msgs, 300*time.Millisecond)
+	for _, m := range held[:4] {
 		m.Ack()
 	}
+	noMessage(t, msgs, 300*time.Millisecond)
+	held[4].Ack()
 	held = holdAll(t, msgs, 500*time.Millisecond)
 	if len(held) != 1 {
 		t.Fatalf("%d in flight after SetPrefetch(1), want 1", len(held))
