@@ -96,7 +96,7 @@ type Publisher struct {
 	cur     atomic.Pointer[pubChannel] // the channel in use; nil or dead = open a new one
 	openSem chan struct{}              // one opener at a time (a semaphore that honours ctx)
 
-	mu       sync.Mutex
+	mu       sync.RWMutex // guards closed; Publish holds it for reading
 	closed   bool
 	inflight sync.WaitGroup // Publish calls
 	closing  chan struct{}
@@ -143,13 +143,13 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	p.mu.Lock()
+	p.mu.RLock()
 	if p.closed {
-		p.mu.Unlock()
+		p.mu.RUnlock()
 		return ErrClosed
 	}
 	p.inflight.Add(1)
-	p.mu.Unlock()
+	p.mu.RUnlock()
 	defer p.inflight.Done()
 
 	pubs := make([]amqp.Publishing, len(msgs))
