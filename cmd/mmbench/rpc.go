@@ -22,7 +22,8 @@ import (
 // per-call p50/p99. Both Services use the facade's defaults (requests mandatory and
 // confirmed, replies not confirmed, server prefetch 100 unless -prefetch).
 // -opt cpuprofile=FILE writes a CPU profile of the whole process (both Services and the
-// callers) during warm-up and the timed calls.
+// callers) during warm-up and the timed calls; -opt memprofile=FILE the allocations of
+// the process at the end of the timed calls.
 
 func init() {
 	register("rpc", libRPC)
@@ -77,6 +78,16 @@ func libRPC(ctx context.Context, cfg config) (result, error) {
 	})
 	if err != nil {
 		return result{}, err
+	}
+	if path := cfg.extra["memprofile"]; path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return result{}, err
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			return result{}, err
+		}
 	}
 	prefetch := cfg.prefetch
 	if prefetch == 0 {

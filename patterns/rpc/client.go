@@ -416,7 +416,10 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	md[wire.MetaMMSEAT] = strconv.FormatInt(iat+ms, 10)
 	// Publishing (which waits for the connection during an outage) is bounded by the
 	// call's timeout too, not only by ctx.
-	pctx, cancelPublish := context.WithDeadline(ctx, start.Add(timeout))
+	pctx, cancelPublish := ctx, context.CancelFunc(func() {})
+	if dl, ok := ctx.Deadline(); !ok || dl.After(start.Add(timeout)) {
+		pctx, cancelPublish = context.WithDeadline(ctx, start.Add(timeout))
+	}
 	defer cancelPublish()
 	msg.SetContext(pctx)
 

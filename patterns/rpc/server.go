@@ -337,9 +337,16 @@ func (r *Request) publish(payload []byte, isError, isEnd, isStream bool) error {
 		md[wire.MetaMMSIsStream] = "true"
 	}
 	md[wire.MetaMMSSequence] = strconv.FormatInt(seq, 10)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Message.Context()), r.srv.cfg.ReplyTimeout)
-	defer cancel()
-	msg.SetContext(ctx)
+	// Sending waits for the connection during an outage: bounded by the request's
+	// deadline while it holds (the handler's ctx is alive until the final reply is sent),
+	// else by ReplyTimeout (stream chunks may outlive the deadline).
+	if r.ctx != nil && !r.Deadline.IsZero() && time.Now().Before(r.Deadline) {
+		msg.SetContext(r.ctx)
+	} else {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Message.Context()), r.srv.cfg.ReplyTimeout)
+		defer cancel()
+		msg.SetContext(ctx)
+	}
 	return r.srv.cfg.Publisher.Publish(r.replyTo, msg)
 }
 
