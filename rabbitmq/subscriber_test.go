@@ -203,21 +203,13 @@ func TestExclusiveLockQueue(t *testing.T) {
 	})
 }
 
-// holdAll reads messages without settling them until none comes for quiet.
-func holdAll(t testing.TB, msgs <-chan *message.Message, quiet time.Duration) []*message.Message {
+// hold reads n messages without settling them, then checks that no more come: the
+// messages in flight are exactly n.
+func hold(t testing.TB, msgs <-chan *message.Message, n int) []*message.Message {
 	t.Helper()
-	var held []*message.Message
-	for {
-		select {
-		case m, ok := <-msgs:
-			if !ok {
-				t.Fatal("message channel closed")
-			}
-			held = append(held, m)
-		case <-time.After(quiet):
-			return held
-		}
-	}
+	held := receive(t, msgs, n, 10*time.Second, false)
+	noMessage(t, msgs, 500*time.Millisecond)
+	return held
 }
 
 func prefilled(t testing.TB, n int) (*admin, string) {
@@ -246,17 +238,11 @@ func TestPrefetchInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := holdAll(t, msgs, 500*time.Millisecond)
-	if len(held) != 10 {
-		t.Fatalf("%d messages in flight, want 10 (the prefetch)", len(held))
-	}
+	held := hold(t, msgs, 10) // the prefetch
 	for _, m := range held[:4] {
 		m.Ack()
 	}
-	more := holdAll(t, msgs, 500*time.Millisecond)
-	if len(more) != 4 {
-		t.Fatalf("%d more messages after 4 acks, want 4", len(more))
-	}
+	more := hold(t, msgs, 4) // as many as were acked
 	for _, m := range append(held[4:], more...) {
 		m.Ack()
 	}
@@ -272,10 +258,7 @@ func TestSetPrefetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := holdAll(t, msgs, 500*time.Millisecond)
-	if len(held) != 2 {
-		t.Fatalf("%d in flight, want 2", len(held))
-	}
+	held := hold(t, msgs, 2)
 	if err := sub.SetPrefetch(5); err != nil {
 		t.Fatal(err)
 	}
@@ -286,10 +269,7 @@ func TestSetPrefetch(t *testing.T) {
 	for _, m := range held {
 		m.Ack()
 	}
-	held = holdAll(t, msgs, 500*time.Millisecond)
-	if len(held) != 5 {
-		t.Fatalf("%d in flight after SetPrefetch(5), want 5", len(held))
-	}
+	held = hold(t, msgs, 5)
 	if err := sub.SetPrefetch(1); err != nil {
 		t.Fatal(err)
 	}
@@ -300,10 +280,7 @@ func TestSetPrefetch(t *testing.T) {
 	}
 	noMessage(t, msgs, 300*time.Millisecond)
 	held[4].Ack()
-	held = holdAll(t, msgs, 500*time.Millisecond)
-	if len(held) != 1 {
-		t.Fatalf("%d in flight after SetPrefetch(1), want 1", len(held))
-	}
+	held = hold(t, msgs, 1)
 	held[0].Ack()
 	receive(t, msgs, 30-2-5-1, 10*time.Second, true)
 	if err := sub.SetPrefetch(0); err == nil {
