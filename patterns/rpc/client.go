@@ -375,6 +375,8 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	if timeout <= 0 {
 		return timedOut()
 	}
+	timer := time.NewTimer(timeout) // the whole call; re-armed by stream chunks
+	defer timer.Stop()
 	if ready := c.ready.Load(); ready != nil {
 		select {
 		case <-*ready:
@@ -382,6 +384,8 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 			return ctxDone()
 		case <-c.closed:
 			return fail(OutcomeCanceled, ErrClosed)
+		case <-timer.C:
+			return timedOut()
 		}
 	}
 	select {
@@ -446,8 +450,6 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	}
 	cancelPublish()
 
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
 	var next int64                        // the stream sequence to deliver next
 	var parked map[int64]*message.Message // stream messages that came early
 	for {
