@@ -163,3 +163,29 @@ func assertQueuesDeleted(t *testing.T, url string) {
 		}
 	}
 }
+
+// A connection that dies under a publishing run must end the run with an error at once,
+// not leave the publishers waiting for confirms until the scenario's deadline.
+func TestPublishConfirmedFailsFastWhenTheConnectionDies(t *testing.T) {
+	url := testbroker.URL(t)
+	conn, ch, err := dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q := queueName("test.dies")
+	if _, err := ch.QueueDeclare(q, false, false, true, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	time.AfterFunc(300*time.Millisecond, func() { conn.Close() })
+	start := time.Now()
+	err = publishConfirmed(ctx, ch, q, 100_000_000, 4, payload(16), 1000)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("publishConfirmed after the connection closed: err = %v, want a channel error", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("publishConfirmed took %v to notice the closed connection", d)
+	}
+}

@@ -65,13 +65,15 @@ func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, n, c 
 	}
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
 	slots := make(chan struct{}, window)
-	done := make(chan error, 1)
+	var confirmErr error
+	confirmed := make(chan struct{}) // closed when the confirm reader stops, for any reason
 	go func() {
+		defer close(confirmed)
 		nacks := 0
 		for range n {
 			cf, ok := <-confirms
 			if !ok {
-				done <- errors.New("channel closed while waiting for confirms")
+				confirmErr = errors.New("channel closed while waiting for confirms")
 				return
 			}
 			if !cf.Ack {
@@ -80,10 +82,8 @@ func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, n, c 
 			<-slots
 		}
 		if nacks > 0 {
-			done <- fmt.Errorf("%d publishes nacked", nacks)
-			return
+			confirmErr = fmt.Errorf("%d publishes nacked", nacks)
 		}
-		done <- nil
 	}()
 
 	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body}
@@ -100,6 +100,8 @@ func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, n, c 
 			for range count {
 				select {
 				case slots <- struct{}{}:
+				case <-confirmed: // the channel died: its error is confirmErr
+					return
 				case <-ctx.Done():
 					errs <- ctx.Err()
 					return
@@ -117,8 +119,8 @@ func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, n, c 
 		return err
 	}
 	select {
-	case err := <-done:
-		return err
+	case <-confirmed:
+		return confirmErr
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for confirms: %w", ctx.Err())
 	}
