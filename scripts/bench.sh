@@ -55,6 +55,17 @@ for ((round = 1; round <= ROUNDS; round++)); do
 		fi
 		echo "$libline"
 		printf '%s\n%s\n' "$rawline" "$libline" | bench -compare
+		if [[ $lib == publish ]]; then
+			# Each library publisher waits for its own confirm, so C publishers keep at most C
+			# messages unconfirmed: also compare with a raw channel limited to that window.
+			if refline=$(bench -scenario raw-publish -n "$N" -size "$SIZE" -c "$c" -opt "window=$c"); then
+				echo "$refline"
+				printf '%s\n%s\n' "$refline" "$libline" | bench -compare -note "[vs raw-publish window=$c]"
+			else
+				echo "# error raw-publish window=$c failed"
+				failed=1
+			fi
+		fi
 	done
 done
 echo "# done $(date -u +%FT%TZ) loadavg=$(load)"

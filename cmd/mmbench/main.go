@@ -141,6 +141,7 @@ func run() int {
 	list := flag.Bool("list", false, "print the registered scenarios, one per line, and exit")
 	info := flag.Bool("info", false, "print the broker's product and version and exit")
 	compare := flag.Bool("compare", false, "read two result lines (raw first, then library) on stdin and print their ratio line")
+	note := flag.String("note", "", "-compare: text appended to the ratio line")
 	flag.Parse()
 
 	switch {
@@ -154,6 +155,9 @@ func run() int {
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "mmbench -compare:", err)
 			return 1
+		}
+		if *note != "" {
+			line += " " + *note
 		}
 		fmt.Println(line)
 		return 0
