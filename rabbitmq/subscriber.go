@@ -344,6 +344,8 @@ func (sub *subscription) run(ss *session) {
 		s.wg.Done()
 	}()
 	for {
+		// A Pause or SetPrefetch may have come between opening the session and now.
+		ss.apply()
 		if ss.serve() {
 			ss.stopConsuming()
 			close(sub.stopping)
@@ -531,7 +533,9 @@ func (ss *session) cancelConsumer() {
 		ss.sub.logger.Error("Could not cancel the consumer; closing its channel", err, nil)
 		_ = ss.ch.Close()
 	}
-	ss.draining = append(ss.draining, ss.active)
+	if ss.active != nil {
+		ss.draining = append(ss.draining, ss.active)
+	}
 	ss.active, ss.activeTag = nil, ""
 }
 
@@ -701,7 +705,7 @@ func (ss *session) activeClosed() {
 	default:
 	}
 	// The channel is closing; serve sees it on ss.closed.
-	ss.active = nil
+	ss.active, ss.activeTag = nil, ""
 }
 
 // brokerCancelled handles a basic.cancel from the broker (the queue was deleted, or
