@@ -31,8 +31,9 @@
 //     slot during the interval (the limit is what holds the work back), the limit grows
 //     by a quarter (at least 1). Otherwise it stays.
 //   - Pressure: memory over the soft limit halves it (down to MinInFlight); scheduler
-//     latency or GC CPU over target multiply it by 3/4, but not below GOMAXPROCS (fewer
-//     running handlers than Ps cannot relieve the CPU, and would only cut throughput);
+//     latency or GC CPU over target multiply it by 3/4, but not below 4×GOMAXPROCS
+//     (fewer running handlers than Ps cannot relieve the CPU, and with about as many
+//     they idle between messages: it would only cut throughput);
 //     handler latency over tolerance multiplies it by 9/10. With several reasons, the
 //     smallest result wins.
 //   - Stopped: memory over the hard limit. The limit is 0 (no message starts; those

@@ -130,6 +130,7 @@ const (
 	memShrinkDen     = 2
 	cpuShrinkNum     = 3 // CPU pressure: × 3/4, not below GOMAXPROCS
 	cpuShrinkDen     = 4
+	cpuFloorPerProc  = 4 // CPU pressure does not shrink the limit below 4 × GOMAXPROCS
 	latShrinkNum     = 9 // handler latency pressure: × 9/10
 	latShrinkDen     = 10
 	softOfLimitPct   = 65 // default soft limit: 65 % of GOMEMLIMIT
@@ -213,8 +214,9 @@ func (p *policy) step(st policyState, ob observation) (policyState, Reason) {
 				l = min(l, max(p.min, st.limit*memShrinkNum/memShrinkDen))
 			}
 			if r&(ReasonSchedLatency|ReasonGCCPU) != 0 {
-				// Fewer handlers than Ps cannot relieve the CPU: stop shrinking there.
-				floor := max(p.min, ob.sig.GOMAXPROCS)
+				// Fewer handlers than Ps cannot relieve the CPU, and with only as many as
+				// Ps they idle between a message and the next: stop at 4 × GOMAXPROCS.
+				floor := max(p.min, cpuFloorPerProc*ob.sig.GOMAXPROCS)
 				l = min(l, max(floor, st.limit*cpuShrinkNum/cpuShrinkDen))
 			}
 			if r&ReasonHandlerLatency != 0 {
