@@ -284,8 +284,8 @@ func TestBrokerStream(t *testing.T) {
 			if err := req.Write(map[string]int{"i": i}); err != nil {
 				return nil, err
 			}
-			if i%5 == 0 {
-				time.Sleep(30 * time.Millisecond) // longer in total than the timeout: re-armed per chunk
+			if i%5 == 0 && req.Header("pause") != "" {
+				time.Sleep(300 * time.Millisecond) // 1.5 s in all, longer than the 1 s timeout: re-armed per chunk
 			}
 		}
 		return map[string]bool{"done": true}, nil
@@ -294,7 +294,8 @@ func TestBrokerStream(t *testing.T) {
 	t.Run("iterator", func(t *testing.T) {
 		var got []int
 		var end *rpc.Reply
-		for r, err := range n.client.Stream(ctx, svc, "stream", map[string]int{"n": 25}, rpc.WithTimeout(100*time.Millisecond)) {
+		for r, err := range n.client.Stream(ctx, svc, "stream", map[string]int{"n": 25}, rpc.WithTimeout(time.Second),
+			rpc.WithHeaders(map[string]string{"pause": "yes"})) {
 			if err != nil {
 				t.Fatal(err)
 			}
