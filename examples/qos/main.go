@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -119,7 +120,7 @@ func run() error {
 		case <-msg.Context().Done():
 			return msg.Context().Err()
 		}
-		_ = len(b)
+		runtime.KeepAlive(b) // held until the message is done
 		return nil
 	})
 
