@@ -283,6 +283,9 @@ func (s *Service) Connect(ctx context.Context) error {
 func (s *Service) wire() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.isClosed() { // Close ran during the dial: start nothing it would not stop
+		return ErrClosed
+	}
 	if s.wired {
 		return nil
 	}
