@@ -44,6 +44,10 @@
 //	bus, _ = events.New(events.Config{Service: "shop", Publisher: pub, Subscriber: sub, Router: router})
 //	l, err := bus.Listen("orders", "created.*", func(msg *message.Message) error { ... })
 //
+// A listener added while the Router runs is started by Config.StartHandlers (default:
+// Router.RunHandlers(context.Background()), so stop such a Router with Close, or pass a
+// StartHandlers that uses the ctx given to Router.Run).
+//
 // Listening twice to the same target and pattern on one Bus fails with
 // ErrDuplicateListen. Listener.Stop stops a listener (its handler ends and its queue
 // goes away), Listener.Start starts it again on a new queue. Watermill closes a router

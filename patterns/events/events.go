@@ -60,6 +60,14 @@ type Config struct {
 	// while it runs. Required with Subscriber.
 	Router *message.Router
 
+	// StartHandlers starts the handlers added to Router while it runs (Watermill runs
+	// the ones added before Run itself); the Bus calls it after adding a listener's
+	// handler to a running Router. nil means Router.RunHandlers(context.Background()):
+	// those handlers then stop when the Router is closed, not when the ctx given to
+	// Router.Run is cancelled, so stop such a Router with Close. Pass a func that calls
+	// Router.RunHandlers with the ctx you gave Run to tie them to that ctx.
+	StartHandlers func() error
+
 	// Logger; nil means watermill.NopLogger.
 	Logger watermill.LoggerAdapter
 }
@@ -67,6 +75,10 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = watermill.NopLogger{}
+	}
+	if c.StartHandlers == nil && c.Router != nil {
+		r := c.Router
+		c.StartHandlers = func() error { return r.RunHandlers(context.Background()) }
 	}
 }
 
@@ -403,9 +415,9 @@ func (l *Listener) Start() error {
 	gate := &gatedSubscriber{Subscriber: b.cfg.Subscriber}
 	// Handler names must be unique in a router; a durable queue is reused, so add a suffix.
 	name := "events.listen " + q.Name + " " + uuid.NewString()[:8]
-	handler, err := addHandler(r, name, q.Name, gate, l.handle)
+	handler, err := addHandler(r, b.cfg.StartHandlers, name, q.Name, gate, l.handle)
 	if err != nil {
-		gate.abandon(r)
+		gate.abandon(r, b.cfg.StartHandlers, handler != nil && !started(handler))
 		b.release(l, q.Name)
 		return err
 	}
@@ -417,7 +429,7 @@ func (l *Listener) Start() error {
 // addHandler adds a consumer handler and runs it at once when the router already runs
 // (Watermill runs handlers added earlier when Run starts). AddHandler's panic on a
 // duplicate name is turned into an error.
-func addHandler(r *message.Router, name, topic string, sub message.Subscriber, fn message.NoPublishHandlerFunc) (h *message.Handler, err error) {
+func addHandler(r *message.Router, start func() error, name, topic string, sub message.Subscriber, fn message.NoPublishHandlerFunc) (h *message.Handler, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			h, err = nil, fmt.Errorf("events: add handler %s: %v", name, p)
@@ -425,7 +437,7 @@ func addHandler(r *message.Router, name, topic string, sub message.Subscriber, f
 	}()
 	h = r.AddConsumerHandler(name, topic, sub, fn)
 	if r.IsRunning() { // Running() is closed after Run set its running flag: no data race
-		if err := r.RunHandlers(context.Background()); err != nil && !started(h) {
+		if err := start(); err != nil && !started(h) {
 			return h, fmt.Errorf("events: start handler %s: %w", name, err)
 		}
 	}
@@ -466,17 +478,17 @@ func (g *gatedSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *
 	return g.Subscriber.Subscribe(ctx, topic)
 }
 
-// abandon gives up the handler; on a running router a handler not started yet is
-// flushed at once.
-func (g *gatedSubscriber) abandon(r *message.Router) {
+// abandon gives up the handler. With flush (the handler has not started), a running
+// router starts it at once, and so ends it.
+func (g *gatedSubscriber) abandon(r *message.Router, start func() error, flush bool) {
 	g.mu.Lock()
 	g.abandoned = true
 	if g.cancel != nil {
 		g.cancel()
 	}
 	g.mu.Unlock()
-	if r.IsRunning() && !r.IsClosed() {
-		_ = r.RunHandlers(context.Background()) // starts (and so ends) the abandoned handler
+	if flush && r.IsRunning() && !r.IsClosed() {
+		_ = start() // starts (and so ends) the abandoned handler
 	}
 }
 
@@ -495,7 +507,7 @@ func (l *Listener) Stop(ctx context.Context) error {
 	if h == nil {
 		return nil
 	}
-	l.gate.abandon(l.bus.cfg.Router)
+	l.gate.abandon(l.bus.cfg.Router, l.bus.cfg.StartHandlers, !started(h))
 	if started(h) {
 		h.Stop()
 		select {

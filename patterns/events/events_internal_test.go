@@ -210,12 +210,14 @@ func TestListenBookkeeping(t *testing.T) {
 func TestListenOnRunningRouter(t *testing.T) {
 	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
 	r := newRouter(t)
-	bus, _ := New(Config{Service: "svc", Subscriber: pubsub, Router: r})
+	ctx, cancel := context.WithCancel(context.Background())
+	// StartHandlers ties listeners added while the router runs to Run's ctx: cancelling
+	// it (below, without Close) must end Run.
+	bus, _ := New(Config{Service: "svc", Subscriber: pubsub, Router: r, StartHandlers: func() error { return r.RunHandlers(ctx) }})
 	// Keep one handler so that stopping the listener does not close the router.
 	if _, err := bus.Listen("keep", "alive", nop); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()
@@ -275,9 +277,6 @@ func TestListenOnRunningRouter(t *testing.T) {
 	publish(l.Queue(), `2`)
 	waitFor(`2`)
 	waitFor2()
-	if err := l.Stop(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func waitStarted(t *testing.T, l *Listener) <-chan struct{} {
@@ -288,4 +287,54 @@ func waitStarted(t *testing.T, l *Listener) <-chan struct{} {
 		t.Fatal("listener not running")
 	}
 	return l.handler.Started()
+}
+
+// failingSubscriber refuses to subscribe to queues whose binding key contains "bad".
+type failingSubscriber struct {
+	message.Subscriber
+	bus **Bus
+}
+
+func (f failingSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if q, _ := (*f.bus).Queue(topic); strings.Contains(q.Key, "bad") {
+		return nil, errors.New("406 PRECONDITION_FAILED")
+	}
+	return f.Subscriber.Subscribe(ctx, topic)
+}
+
+// TestListenSubscribeFailure: a listen the running router cannot subscribe fails, and
+// leaves neither its slot taken nor a dead handler that would block later listens.
+func TestListenSubscribeFailure(t *testing.T) {
+	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
+	r := newRouter(t)
+	var bus *Bus
+	bus, _ = New(Config{Service: "svc", Subscriber: failingSubscriber{pubsub, &bus}, Router: r})
+	if _, err := bus.Listen("keep", "alive", nop); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); _ = r.Close(); <-done }()
+	<-r.Running()
+
+	if _, err := bus.Listen("t", "bad", nop); err == nil || !strings.Contains(err.Error(), "PRECONDITION_FAILED") {
+		t.Fatalf("Listen = %v, want the subscriber's error", err)
+	}
+	got := make(chan struct{}, 1)
+	l, err := bus.Listen("t", "good", func(*message.Message) error { got <- struct{}{}; return nil })
+	if err != nil {
+		t.Fatalf("a later listen: %v", err)
+	}
+	if err := pubsub.Publish(l.Queue(), message.NewMessage(watermill.NewUUID(), []byte(`1`))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the later listen does not receive")
+	}
+	if _, err := bus.Listen("t", "bad", nop); err == nil {
+		t.Fatal("the failed listen's slot should be free and fail again the same way")
+	}
 }
