@@ -30,7 +30,7 @@ func qosOverhead(ctx context.Context, cfg config) (result, error) {
 		prefetch = 100
 	}
 	var off, on []time.Duration
-	var limits []int
+	var limits, pressures []int
 	for i := 0; i < 2*rounds; i++ {
 		withQoS := i%2 == 1
 		q, err := declareFilled(ctx, cfg.url, "qos-overhead", cfg.n, cfg.size)
@@ -50,6 +50,7 @@ func qosOverhead(ctx context.Context, cfg config) (result, error) {
 		if withQoS {
 			on = append(on, out.elapsed)
 			limits = append(limits, out.lastLim)
+			pressures = append(pressures, out.pressure)
 		} else {
 			off = append(off, out.elapsed)
 		}
@@ -64,8 +65,9 @@ func qosOverhead(ctx context.Context, cfg config) (result, error) {
 	return result{
 		Seconds:     mOn.Seconds(),
 		Concurrency: 1,
-		Opts: fmt.Sprintf("prefetch=%d rounds=%d without_qos=%.0f/s with_qos=%.0f/s ratio=%.3f (runs off %v on %v) final_limits=%v",
-			prefetch, rounds, rate(mOff), rate(mOn), mOff.Seconds()/mOn.Seconds(), rates(cfg.n, off), rates(cfg.n, on), limits),
+		Opts: fmt.Sprintf("prefetch=%d rounds=%d without_qos=%.0f/s with_qos=%.0f/s ratio=%.3f (runs off %v on %v) final_limits=%v pressure_events=%v best off %.0f/s on %.0f/s",
+			prefetch, rounds, rate(mOff), rate(mOn), mOff.Seconds()/mOn.Seconds(), rates(cfg.n, off), rates(cfg.n, on), limits, pressures,
+			float64(cfg.n)/minDur(off).Seconds(), float64(cfg.n)/minDur(on).Seconds()),
 	}, nil
 }
 
@@ -75,4 +77,12 @@ func rates(n int, ds []time.Duration) []float64 {
 		out[i] = round(float64(n)/d.Seconds(), 0)
 	}
 	return out
+}
+
+func minDur(ds []time.Duration) time.Duration {
+	m := ds[0]
+	for _, d := range ds[1:] {
+		m = min(m, d)
+	}
+	return m
 }
