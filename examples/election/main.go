@@ -117,11 +117,13 @@ func run(url, service string, heartbeat, retry, job time.Duration, verbose bool)
 		line, _ := json.Marshal(v)
 		fmt.Println(string(line))
 	}
+	// Both run until closed (not until the signal): at shutdown the elector must stop
+	// before the tracker, so that the step-down goes out before the goodbye.
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	wg.Add(3)
-	go func() { defer wg.Done(); errs <- tracker.Run(ctx) }()
-	go func() { defer wg.Done(); errs <- el.Run(ctx) }()
+	go func() { defer wg.Done(); errs <- tracker.Run(context.Background()) }()
+	go func() { defer wg.Done(); errs <- el.Run(context.Background()) }()
 	go func() {
 		defer wg.Done()
 		last := ""

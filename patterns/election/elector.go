@@ -194,6 +194,7 @@ type Elector struct {
 	superseder   string
 	lastAsk      time.Time
 	warned       map[string]bool // rival claims already logged
+	hurryUntil   time.Time       // retry ten times as often until then (the leader just left)
 	failing      bool            // the last attempt failed with an error (log transitions only)
 
 	changes   *latest[State]
@@ -407,6 +408,11 @@ func (e *Elector) Close() error {
 
 func (e *Elector) jitter() time.Duration {
 	d := e.cfg.RetryInterval
+	e.mu.Lock()
+	if time.Now().Before(e.hurryUntil) {
+		d /= 10
+	}
+	e.mu.Unlock()
 	return d*4/5 + rand.N(d*2/5+1)
 }
 
@@ -528,7 +534,16 @@ func (e *Elector) setStateLocked(s State) {
 	}
 }
 
+// wakeUp makes a follower try the lock now, and for the next two retry intervals ten
+// times as often: the leader just left, and its lock may be freed a moment later (a
+// goodbye heartbeat can overtake the lock's release when a process shuts down).
 func (e *Elector) wakeUp() {
+	e.hurryUntil = time.Now().Add(2 * e.cfg.RetryInterval)
+	e.poke()
+}
+
+// poke makes a follower try the lock now.
+func (e *Elector) poke() {
 	select {
 	case e.wake <- struct{}{}:
 	default:
@@ -551,7 +566,7 @@ func (e *Elector) onPeer(p peerstatus.Peer) {
 		}
 	case p.State == peerstatus.Suspect:
 		if p.ID == cur.LeaderID {
-			e.wakeUp()
+			e.poke() // no hurry: it may be alive
 		}
 	case p.IsLeader && cur.IsLeader:
 		if p.Term > cur.Term {
