@@ -36,7 +36,9 @@
 //	router.AddConsumerHandler("tasks.invoice", w.Topic("invoice"), sub, w.Handler("invoice", fn))
 //
 // A task is acked when its handler returns nil. Tasks are delivered at least once: a
-// task may run again after a crash or a lost connection; make handlers idempotent.
+// task may run again after a crash or a lost connection; make handlers idempotent. A
+// request (RPC) sent to a task route is handled like a task and gets no reply; a route
+// is either an RPC route or a task route.
 //
 // # Retries and dead letters
 //
