@@ -10,7 +10,8 @@ package main
 // -n is the number of rounds; Seconds is the sum of the measured times, p50/p99 their
 // percentiles (µs). Options: -opt retry=500ms (follower lock retry), -opt heartbeat=1s.
 // A round's clock starts just before the processes are started (election-start) or the
-// leader is signalled (election-failover) and stops when the last instance reports the
+// leader is signalled (election-failover; 1 s plus a random fraction of two retry
+// intervals after the previous round settled) and stops when the last instance reports the
 // same live leader (read from the JSON lines the electors print, by this process's
 // clock).
 
@@ -20,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -339,6 +341,14 @@ func electionFailover(ctx context.Context, cfg config) (result, error) {
 	}
 	var times []time.Duration
 	for range cfg.n {
+		// Let the followers' retry timers drift apart from the moment they joined (a
+		// newcomer's first lock attempt is what completes the agreement): without this
+		// pause the kill would always land just after a follower's attempt.
+		select {
+		case <-time.After(time.Second + rand.N(2*retry)):
+		case <-ctx.Done():
+			return result{}, ctx.Err()
+		}
 		began := time.Now()
 		if err := e.stop(leader, sig); err != nil {
 			return result{}, err
