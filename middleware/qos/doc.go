@@ -89,10 +89,13 @@
 // less than a quarter are skipped, since a new prefetch replaces the consumer. When
 // Stopped it pauses it (basic.cancel: the rest stay in the queue; with the rabbitmq
 // transport, messages received but not yet handed to the router are requeued, and
-// those already handed out wait here, unacked, for the stop to end). When the state gets back to
-// Normal it sets the prefetch back to Config.Prefetch (100 by default: set it to the
-// prefetch your subscribers use) and resumes it. A failed call is logged and retried
-// at the next sample. Detaching a subscription restores it too.
+// those already handed out wait here, unacked, for the stop to end).
+// When the state gets back to Normal it resumes it at once, and sets its prefetch back
+// to Config.Prefetch (100 by default: set it to the prefetch your subscribers use)
+// once the state has stayed Normal for a second, so that a state flapping at a
+// threshold does not replace the consumer on every sample. A failed call is logged
+// and retried at the next sample. Detaching a subscription, and the end of Run,
+// restore it at once.
 //
 // # Hooks
 //

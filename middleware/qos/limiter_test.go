@@ -181,12 +181,19 @@ func TestBackPressure(t *testing.T) {
 		t.Fatalf("m2 started while stopped (waiting %d)", got)
 	}
 
-	step(100) // memory back: resume and restore prefetch
+	step(100) // memory back: resume at once, prefetch restored after a second of calm
 	if l.State() != Normal || l.Limit() != 5 {
 		t.Fatalf("state %v limit %d, want normal 5 (halved on stop)", l.State(), l.Limit())
 	}
-	wantCalls(t, all, "prefetch 50", "resume")
-	wantCalls(t, slow, "prefetch 50", "resume")
+	wantCalls(t, all, "resume")
+	wantCalls(t, slow, "resume")
+	for i := 0; i < 2; i++ {
+		step(100)
+	}
+	wantCalls(t, all)
+	step(100) // the 4th Normal sample: 4 × 250 ms
+	wantCalls(t, all, "prefetch 50")
+	wantCalls(t, slow, "prefetch 50")
 	if id := <-h.started; id != "m2" {
 		t.Fatalf("started %s, want m2", id)
 	}
@@ -230,7 +237,7 @@ func TestDetachRestores(t *testing.T) {
 	wantCalls(t, fc, "prefetch 7", "pause")
 	detach()
 	detach()
-	wantCalls(t, fc, "resume")
+	wantCalls(t, fc, "resume") // prefetch 7 is Config.Prefetch: nothing to restore
 	l.sample(time.Now())
 	wantCalls(t, fc) // detached: left alone
 }

@@ -252,10 +252,12 @@ type Limiter struct {
 	runDone  chan struct{} // closed when an active Run returns
 
 	// Owned by the sampling goroutine.
-	ps           policyState
-	lastGC       uint64
-	noGCSamples  int
-	inFlightAtGC int
+	ps          policyState
+	lastGC      uint64
+	noGCSamples int
+	// normalSamples counts the samples in a row in the Normal state.
+	normalSamples int
+	inFlightAtGC  int
 }
 
 type attachment struct {
@@ -414,7 +416,7 @@ func (l *Limiter) Attach(fc FlowControl, route string) (detach func()) {
 				}
 			}
 			l.mu.Unlock()
-			l.restore(a, true)
+			l.restore(a, true, false)
 		})
 	}
 }
@@ -558,6 +560,11 @@ func (l *Limiter) sample(now time.Time) {
 		l.stats.pausedNs.Add(now.UnixNano() - l.pausedSinceNs.Swap(0))
 	}
 
+	if next.state == Normal {
+		l.normalSamples++
+	} else {
+		l.normalSamples = 0
+	}
 	l.applyFlow(next)
 
 	if next.state != prev.state {
@@ -596,9 +603,33 @@ func (l *Limiter) applyFlow(st policyState) {
 		case Pressure:
 			l.setFlow(a, l.pressurePrefetch(share, a.route))
 		default:
-			l.restore(a, false)
+			// Resume at once, but keep a lowered prefetch until the state has been
+			// Normal for restoreAfter: a state flapping at a threshold would otherwise
+			// replace the broker consumer twice a sample.
+			if time.Duration(l.normalSamples)*l.cfg.SampleInterval < restoreAfter {
+				l.resumeOnly(a)
+			} else {
+				l.restore(a, false, false)
+			}
 		}
 	}
+}
+
+// restoreAfter is how long the state must stay Normal before prefetch is restored.
+const restoreAfter = time.Second
+
+// resumeOnly resumes a subscription the limiter paused, leaving its prefetch.
+func (l *Limiter) resumeOnly(a *attachment) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.paused || a.detached {
+		return
+	}
+	if err := a.fc.Resume(); err != nil {
+		l.logger.Error("QoS: resuming a subscription failed", err, watermill.LogFields{"route": a.route})
+		return
+	}
+	a.paused = false
 }
 
 func (l *Limiter) pause(a *attachment) {
@@ -649,23 +680,31 @@ func (l *Limiter) setFlow(a *attachment, p int) {
 }
 
 // restore undoes what the limiter did to a subscription: prefetch back to
-// Config.Prefetch, resumed.
-func (l *Limiter) restore(a *attachment, detach bool) {
+// Config.Prefetch, resumed. quiet logs failures at debug level (at the end of Run the
+// subscription is often closed already).
+func (l *Limiter) restore(a *attachment, detach, quiet bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.detached {
 		return
 	}
+	logErr := func(msg string, err error) {
+		if quiet {
+			l.logger.Debug(msg, watermill.LogFields{"route": a.route, "error": err.Error()})
+		} else {
+			l.logger.Error(msg, err, watermill.LogFields{"route": a.route})
+		}
+	}
 	if a.prefetch != 0 && a.prefetch != l.cfg.Prefetch {
 		if err := a.fc.SetPrefetch(l.cfg.Prefetch); err != nil {
-			l.logger.Error("QoS: restoring prefetch failed", err, watermill.LogFields{"route": a.route})
+			logErr("QoS: restoring prefetch failed", err)
 		} else {
 			a.prefetch = 0
 		}
 	}
 	if a.paused {
 		if err := a.fc.Resume(); err != nil {
-			l.logger.Error("QoS: resuming a subscription failed", err, watermill.LogFields{"route": a.route})
+			logErr("QoS: resuming a subscription failed", err)
 		} else {
 			a.paused = false
 		}
@@ -681,6 +720,7 @@ func (l *Limiter) stopped() {
 		l.stats.pausedNs.Add(time.Now().UnixNano() - l.pausedSinceNs.Swap(0))
 	}
 	l.ps.state = Normal
+	l.normalSamples = 0
 	l.global.setLimit(l.ps.limit)
 	l.limit.Store(int64(l.ps.limit))
 	l.state.Store(int32(Normal))
@@ -688,6 +728,6 @@ func (l *Limiter) stopped() {
 	atts := append([]*attachment(nil), l.attached...)
 	l.mu.Unlock()
 	for _, a := range atts {
-		l.restore(a, false)
+		l.restore(a, false, true)
 	}
 }
