@@ -138,6 +138,7 @@ type Connection struct {
 	state   State
 	started bool             // Connect succeeded once
 	conn    *amqp.Connection // current connection (may be dead until the supervisor notices)
+	cork    *corkConn        // conn's socket
 	changed chan struct{}    // closed and replaced on every change of state or conn
 	cancel  context.CancelFunc
 
@@ -191,7 +192,7 @@ func (c *Connection) Connect(ctx context.Context) error {
 	c.setStateLocked(Connecting, nil)
 	c.mu.Unlock()
 
-	conn, err := c.dial(ctx)
+	conn, cork, err := c.dial(ctx)
 	if err != nil {
 		c.mu.Lock()
 		if c.state != Closed {
@@ -209,6 +210,7 @@ func (c *Connection) Connect(ctx context.Context) error {
 	superCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.started = true
+	c.cork = cork
 	c.setStateLocked(Connected, conn)
 	c.wg.Add(1)
 	c.mu.Unlock()
@@ -300,6 +302,16 @@ func (c *Connection) wait(ctx context.Context, stop <-chan struct{}) (*amqp.Conn
 	}
 }
 
+// corkFor returns the socket of conn when it is the current connection (nil otherwise).
+func (c *Connection) corkFor(conn *amqp.Connection) *corkConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != conn {
+		return nil
+	}
+	return c.cork
+}
+
 // current returns the live AMQP connection, or (nil, changed, nil) while there is none:
 // changed is closed on the next change of state.
 func (c *Connection) current() (*amqp.Connection, <-chan struct{}, error) {
@@ -337,10 +349,11 @@ func (c *Connection) setStateLocked(s State, conn *amqp.Connection) {
 	c.stateCh <- s
 }
 
-func (c *Connection) dial(ctx context.Context) (*amqp.Connection, error) {
+func (c *Connection) dial(ctx context.Context) (*amqp.Connection, *corkConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
 	var stop func() bool // stops interrupting the handshake when ctx ends
+	var cork *corkConn
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(c.cfg.Name)
 	cfg := amqp.Config{
@@ -361,7 +374,8 @@ func (c *Connection) dial(ctx context.Context) (*amqp.Connection, error) {
 			}
 			// A cancelled ctx interrupts the handshake at once.
 			stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
-			return conn, nil
+			cork = &corkConn{Conn: conn}
+			return cork, nil
 		},
 	}
 	if cfg.TLSClientConfig != nil {
@@ -373,9 +387,12 @@ func (c *Connection) dial(ctx context.Context) (*amqp.Connection, error) {
 		if err == nil {
 			_ = conn.Close()
 		}
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
-	return conn, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, cork, nil
 }
 
 // supervise watches the live connection and re-dials after it is lost.
@@ -429,7 +446,7 @@ func (c *Connection) supervise(ctx context.Context, conn *amqp.Connection) {
 				return
 			case <-t.C:
 			}
-			next, err := c.dial(ctx)
+			next, cork, err := c.dial(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -443,6 +460,7 @@ func (c *Connection) supervise(ctx context.Context, conn *amqp.Connection) {
 				_ = next.Close()
 				return
 			}
+			c.cork = cork
 			c.setStateLocked(Connected, next)
 			c.mu.Unlock()
 			c.metrics.reconnects.Inc()

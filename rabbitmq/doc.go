@@ -45,7 +45,9 @@ opened per publish. Concurrent Publish calls write to it one after the other and
 for their confirms concurrently, so many publishes are in flight at once (pipelined
 confirms; amqp091's reader goroutine wakes each caller when its confirm arrives). Publish
 returns when the broker confirmed each of its messages: nil, or an error per message
-(ErrNacked for basic.nack). Throughput grows with the number of concurrent callers (or
+(ErrNacked for basic.nack). The writes of publishes made at the same time are sent to
+the socket together (one system call for a burst instead of one per message).
+Throughput grows with the number of concurrent callers (or
 messages per call), since each caller has its messages in flight until they are
 confirmed.
 

@@ -187,6 +187,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		}
 		results := make([]result, len(todo))
 		dcs := make([]*amqp.DeferredConfirmation, len(todo))
+		pc.cork.cork()
 		for j, i := range todo {
 			dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, p.cfg.Exchange, topic, p.cfg.Mandatory, false, pubs[i])
 			if err != nil {
@@ -196,6 +197,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 			p.metrics.published.Inc()
 			dcs[j] = dc
 		}
+		pc.cork.uncork()
 		for j, dc := range dcs {
 			if dc == nil { // write failed, or NoConfirm
 				continue
@@ -314,7 +316,10 @@ func (p *Publisher) open(conn *amqp.Connection) (*pubChannel, error) {
 			return fail(err)
 		}
 	}
-	pc := &pubChannel{ch: ch, conn: conn, confirm: !p.cfg.NoConfirm, dead: make(chan struct{})}
+	pc := &pubChannel{ch: ch, conn: conn, confirm: !p.cfg.NoConfirm, dead: make(chan struct{}), cork: p.conn.corkFor(conn)}
+	if pc.cork == nil { // a reconnect happened meanwhile: this channel is dead already
+		return fail(fmt.Errorf("rabbitmq: open publisher channel: %w", amqp.ErrClosed))
+	}
 	pc.closed = ch.NotifyClose(make(chan *amqp.Error, 1))
 	if p.cfg.Mandatory {
 		// amqp091 hands a basic.return to these two listeners in turn, and only then reads
@@ -341,6 +346,7 @@ func (p *Publisher) open(conn *amqp.Connection) (*pubChannel, error) {
 type pubChannel struct {
 	ch      *amqp.Channel
 	conn    *amqp.Connection
+	cork    *corkConn // conn's socket: publishes of one burst are written together
 	confirm bool
 	closing atomic.Bool // closed by Publisher.Close: pending publishes fail, no retry
 	closed  chan *amqp.Error
