@@ -478,8 +478,9 @@ func (l *Limiter) Run(ctx context.Context) error {
 }
 
 // Close stops Run (waiting up to 5 s for it to restore the subscriptions), fails the
-// messages waiting for a slot with ErrClosed (they are Nacked) and unregisters nothing
-// but the limiter's share of the metrics. Idempotent.
+// messages waiting for a slot, and later ones, with ErrClosed (they are Nacked), and
+// takes the limiter out of the metrics (the collector stays registered for other
+// limiters). Messages in handlers finish normally. Idempotent; always returns nil.
 func (l *Limiter) Close() error {
 	l.mu.Lock()
 	if l.closed {
