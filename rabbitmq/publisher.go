@@ -152,7 +152,17 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	p.mu.RUnlock()
 	defer p.inflight.Done()
 
-	pubs := make([]amqp.Publishing, len(msgs))
+	// One message (the common case) allocates no slices.
+	var (
+		pubsBuf [1]amqp.Publishing
+		todoBuf [1]int
+		resBuf  [1]result
+		dcsBuf  [1]*amqp.DeferredConfirmation
+	)
+	pubs := pubsBuf[:]
+	if len(msgs) > 1 {
+		pubs = make([]amqp.Publishing, len(msgs))
+	}
 	for i, m := range msgs {
 		pub, err := p.cfg.Marshaler.Marshal(m)
 		if err != nil {
@@ -171,9 +181,12 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		defer stop()
 	}
 
-	todo := make([]int, len(msgs))
-	for i := range todo {
-		todo[i] = i
+	todo := todoBuf[:]
+	if len(msgs) > 1 {
+		todo = make([]int, len(msgs))
+		for i := range todo {
+			todo[i] = i
+		}
 	}
 	var errs []error
 	for attempt := 0; len(todo) > 0; attempt++ {
@@ -185,8 +198,12 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		if err != nil {
 			return err
 		}
-		results := make([]result, len(todo))
-		dcs := make([]*amqp.DeferredConfirmation, len(todo))
+		results, dcs := resBuf[:len(todo)], dcsBuf[:len(todo)]
+		if len(todo) > 1 {
+			results, dcs = make([]result, len(todo)), make([]*amqp.DeferredConfirmation, len(todo))
+		} else {
+			results[0], dcs[0] = result{}, nil
+		}
 		pc.cork.cork()
 		for j, i := range todo {
 			dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, p.cfg.Exchange, topic, p.cfg.Mandatory, false, pubs[i])
