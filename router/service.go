@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/micromessaging/micromessaging/patterns/election"
 	"github.com/micromessaging/micromessaging/patterns/rpc"
 )
 
@@ -54,6 +55,16 @@ type Config struct {
 	// CloseTimeout bounds how long Close waits for handlers in flight (owned router
 	// only). 0 means 30 s.
 	CloseTimeout time.Duration
+
+	// Heartbeat is the peer-status heartbeat period. 0 means 10 s (Node's).
+	Heartbeat time.Duration
+	// LeaderRetry is how often a follower tries the election lock. 0 means 500 ms.
+	LeaderRetry time.Duration
+	// OnStepUp and OnStepDown are the election hooks (see election.Config).
+	OnStepUp   func(election.StepUp)
+	OnStepDown func(election.StepDown)
+	// Load, if set, is published in every heartbeat (e.g. the QoS limiter's state).
+	Load func() any
 }
 
 func (c *Config) setDefaults() {
@@ -94,6 +105,7 @@ type Service struct {
 	owned  bool // the Service runs and closes wm
 	server *rpc.Server
 	client *rpc.Client
+	peers  *peers
 
 	connectMu sync.Mutex    // serializes Connect
 	connected chan struct{} // closed when Connect succeeded
@@ -151,6 +163,10 @@ func New(service string, cfg Config) (*Service, error) {
 		Service: service, InstanceID: s.id, Publisher: s.t.requests, Timeout: cfg.Timeout,
 		Logger: cfg.Logger, Registerer: cfg.Registerer,
 	}); err != nil {
+		return nil, err
+	}
+	ready := func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.isUp }
+	if s.peers, err = newPeers(service, s.id, cfg, s.t, ready); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -273,6 +289,7 @@ func (s *Service) Connect(ctx context.Context) error {
 	s.mu.Lock()
 	s.isUp = true
 	s.mu.Unlock()
+	s.peers.start()
 	close(s.connected)
 	s.logger.Info("Service connected", watermill.LogFields{"routes": len(s.routes)})
 	return nil
@@ -418,6 +435,7 @@ func (s *Service) Close() error {
 		s.mu.Unlock()
 
 		var errs []error
+		errs = append(errs, s.peers.close()) // hands leadership over while the connections are up
 		errs = append(errs, s.client.Close())
 		if s.owned {
 			if wired {

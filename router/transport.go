@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/google/uuid"
+
 	"github.com/micromessaging/micromessaging/rabbitmq"
 	"github.com/micromessaging/micromessaging/wire"
 )
@@ -33,6 +35,13 @@ type transport struct {
 	requestSub *rabbitmq.Subscriber
 	// replySub consumes the instance's reply queue (exclusive) without acks.
 	replySub *rabbitmq.Subscriber
+
+	// events publishes on x.pubSub (heartbeats and peer.alive.req; events too), confirmed.
+	events *rabbitmq.Publisher
+	// internalSub gives every Subscribe an exclusive, auto-delete queue
+	// q.pubSub.<service>.<uuid> bound to x.pubSub with the topic as key, consumed
+	// without acks (heartbeats, status queries). The election lock lives on subConn.
+	internalSub *rabbitmq.Subscriber
 }
 
 func newTransport(service string, cfg Config) (*transport, error) {
@@ -95,6 +104,23 @@ func newTransport(service string, cfg Config) (*transport, error) {
 	}); err != nil {
 		return nil, err
 	}
+	x := rabbitmq.Exchange{Name: wire.EventExchange, Kind: "topic", Durable: true}
+	if t.events, err = rabbitmq.NewPublisher(t.pubConn, rabbitmq.PublisherConfig{
+		Exchange: wire.EventExchange, Declare: &x, Name: "events",
+		Logger: cfg.Logger, Registerer: cfg.Registerer,
+	}); err != nil {
+		return nil, err
+	}
+	if t.internalSub, err = rabbitmq.NewSubscriber(t.subConn, rabbitmq.SubscriberConfig{
+		Declare: []rabbitmq.Exchange{x},
+		Queue: func(topic string) rabbitmq.Queue {
+			return rabbitmq.Queue{Name: wire.ListenQueue(service, uuid.NewString()), Exclusive: true, AutoDelete: true,
+				Bindings: []rabbitmq.Binding{{Exchange: wire.EventExchange, Key: topic}}}
+		},
+		NoAck: true, Name: "internal", Logger: cfg.Logger, Registerer: cfg.Registerer,
+	}); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -114,8 +140,10 @@ func (t *transport) close() error {
 	return errors.Join(
 		t.requestSub.Close(),
 		t.replySub.Close(),
+		t.internalSub.Close(),
 		t.requests.Close(),
 		t.replies.Close(),
+		t.events.Close(),
 		t.subConn.Close(),
 		t.pubConn.Close(),
 	)
