@@ -460,10 +460,10 @@ func (c *Connection) supervise(ctx context.Context, conn *amqp.Connection) {
 				_ = next.Close()
 				return
 			}
+			c.metrics.reconnects.Inc() // before the state: whoever sees Connected sees the count
 			c.cork = cork
 			c.setStateLocked(Connected, next)
 			c.mu.Unlock()
-			c.metrics.reconnects.Inc()
 			c.logger.Info("RabbitMQ connection re-established", watermill.LogFields{"attempts": attempt})
 			conn = next
 			break

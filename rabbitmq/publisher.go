@@ -198,11 +198,13 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		if err != nil {
 			return err
 		}
-		results, dcs := resBuf[:len(todo)], dcsBuf[:len(todo)]
-		if len(todo) > 1 {
-			results, dcs = make([]result, len(todo)), make([]*amqp.DeferredConfirmation, len(todo))
+		var results []result
+		var dcs []*amqp.DeferredConfirmation
+		if len(todo) == 1 {
+			resBuf[0], dcsBuf[0] = result{}, nil
+			results, dcs = resBuf[:], dcsBuf[:]
 		} else {
-			results[0], dcs[0] = result{}, nil
+			results, dcs = make([]result, len(todo)), make([]*amqp.DeferredConfirmation, len(todo))
 		}
 		pc.cork.cork()
 		for j, i := range todo {
