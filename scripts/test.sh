@@ -9,7 +9,7 @@
 # run without the broker; that is not this script).
 #
 # Arguments replace the package list (default ./...), e.g. scripts/test.sh ./wire/...
-# Env: RABBIT_URI (broker), MM_TEST_BROKER_RESTART (default 1), TEST_TIMEOUT (go test -timeout, default 20m),
+# Env: RABBIT_URI (broker), MM_TEST_BROKER_RESTART (default 1), TEST_TIMEOUT (go test -timeout, default 10m),
 # TEST_LOG_DIR (where the raw `go test -json` log is kept; default a new temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,7 @@ go build -o "$logdir/testreport" ./internal/testreport
 
 echo "== go test -race -count=1 ${pkgs[*]}"
 set +e
-go test -json -race -count=1 -timeout "${TEST_TIMEOUT:-20m}" "${pkgs[@]}" 2>&1 |
+go test -json -race -count=1 -timeout "${TEST_TIMEOUT:-10m}" "${pkgs[@]}" 2>&1 |
 	tee "$log" | "$logdir/testreport" -log "$log"
 codes=("${PIPESTATUS[@]}")
 set -e
