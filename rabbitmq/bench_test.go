@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,8 +40,20 @@ func benchQueue(b *testing.B) (*admin, string) {
 	return adm, q
 }
 
-func reportRate(b *testing.B, elapsed time.Duration) {
+// cpuTime is the CPU time (user+system) the process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportRate reports msgs/s and the client CPU time per message (cpu0: cpuTime() when
+// the clock started).
+func reportRate(b *testing.B, elapsed time.Duration, cpu0 time.Duration) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -58,7 +71,7 @@ func BenchmarkPublish(b *testing.B) {
 			var wg sync.WaitGroup
 			errs := make(chan error, c)
 			b.ResetTimer()
-			start := time.Now()
+			cpu0, start := cpuTime(), time.Now()
 			for range c {
 				wg.Add(1)
 				go func() {
@@ -78,7 +91,7 @@ func BenchmarkPublish(b *testing.B) {
 			for err := range errs {
 				b.Fatal(err)
 			}
-			reportRate(b, elapsed)
+			reportRate(b, elapsed, cpu0)
 		})
 	}
 }
@@ -157,13 +170,13 @@ func BenchmarkRawPublish(b *testing.B) {
 				}
 			}
 			b.ResetTimer()
-			start := time.Now()
+			cpu0, start := cpuTime(), time.Now()
 			if err := rawPublishConfirmedMsg(ch, q, b.N, window, p); err != nil {
 				b.Fatal(err)
 			}
 			elapsed := time.Since(start)
 			b.StopTimer()
-			reportRate(b, elapsed)
+			reportRate(b, elapsed, cpu0)
 		})
 	}
 }
@@ -200,7 +213,7 @@ func BenchmarkConsumeRouter(b *testing.B) {
 	})
 	runErr := make(chan error, 1)
 	b.ResetTimer()
-	start := time.Now()
+	cpu0, start := cpuTime(), time.Now()
 	go func() { runErr <- router.Run(context.Background()) }()
 	select {
 	case <-done:
@@ -217,7 +230,7 @@ func BenchmarkConsumeRouter(b *testing.B) {
 	if err := <-runErr; err != nil {
 		b.Fatal(err)
 	}
-	reportRate(b, elapsed)
+	reportRate(b, elapsed, cpu0)
 }
 
 func BenchmarkRawConsume(b *testing.B) {
@@ -235,7 +248,7 @@ func BenchmarkRawConsume(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
-	start := time.Now()
+	cpu0, start := cpuTime(), time.Now()
 	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -253,5 +266,5 @@ func BenchmarkRawConsume(b *testing.B) {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	reportRate(b, elapsed)
+	reportRate(b, elapsed, cpu0)
 }
