@@ -39,6 +39,8 @@ type qosRun struct {
 	progress func(handled int64)
 	// ready, when set, is called once the router runs.
 	ready func()
+	// trace prints the limiter's state every 250 ms to stderr (-opt trace=on).
+	trace bool
 }
 
 // qosOut is what a run measured.
@@ -101,6 +103,9 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 	if r.limiter != nil {
 		c := *r.limiter
 		c.OnPressure = func(tr qos.Transition) {
+			if r.trace {
+				fmt.Fprintf(os.Stderr, "qos: %v -> %v %v limit %d signals %+v handler %v\n", tr.From, tr.To, tr.Reasons, tr.Limit, tr.Signals, tr.HandlerLatency)
+			}
 			out.pressure++
 			if tr.To == qos.Stopped {
 				out.pauses++
@@ -151,6 +156,10 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 			case <-t.C:
 				out.states[lim.State()]++
 				out.maxLimit = max(out.maxLimit, lim.Limit())
+				if r.trace && out.states[lim.State()]%5 == 0 {
+					n, _ := lim.InFlight()
+					fmt.Fprintf(os.Stderr, "qos: %v limit %d in flight %d handled %d signals %+v\n", lim.State(), lim.Limit(), n, handled.Load(), lim.LastSignals())
+				}
 			}
 		}
 	}()

@@ -64,7 +64,11 @@ func qosMemory(ctx context.Context, cfg config) (result, error) {
 		spinSink.Add(uint64(b[len(b)-1]))
 		return nil
 	}
-	r := qosRun{url: cfg.url, queue: q, n: cfg.n, prefetch: prefetch, handler: handler, name: "mmbench-qos-memory"}
+	trace, err := optBool(cfg, "trace", false)
+	if err != nil {
+		return result{}, err
+	}
+	r := qosRun{url: cfg.url, queue: q, n: cfg.n, prefetch: prefetch, handler: handler, name: "mmbench-qos-memory", trace: trace}
 	if withQoS {
 		r.limiter = &qos.Config{Prefetch: prefetch}
 	}

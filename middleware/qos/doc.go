@@ -28,7 +28,8 @@
 // MaxInFlight after every sample (every SampleInterval, 250 ms by default):
 //
 //   - Normal (no signal over its threshold): when a message had to wait for a global
-//     slot during the interval (the limit is what holds the work back), the limit grows
+//     slot during the interval, or messages wait now (the limit is what holds the work
+//     back), the limit grows
 //     by a quarter (at least 1). Otherwise it stays.
 //   - Pressure: memory over the soft limit halves it (down to MinInFlight); scheduler
 //     latency or GC CPU over target multiply it by 3/4, but not below 4×GOMAXPROCS

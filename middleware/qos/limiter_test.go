@@ -182,8 +182,8 @@ func TestBackPressure(t *testing.T) {
 	}
 
 	step(100) // memory back: resume at once, prefetch restored after a second of calm
-	if l.State() != Normal || l.Limit() != 5 {
-		t.Fatalf("state %v limit %d, want normal 5 (halved on stop)", l.State(), l.Limit())
+	if l.State() != Normal || l.Limit() != 6 {
+		t.Fatalf("state %v limit %d, want normal 6 (halved on stop to 5, +1 as m2 waits)", l.State(), l.Limit())
 	}
 	wantCalls(t, all, "resume")
 	wantCalls(t, slow, "resume")

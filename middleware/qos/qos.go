@@ -513,7 +513,10 @@ func (l *Limiter) sample(now time.Time) {
 	sig := l.source.Sample()
 	soft, hard := l.pol.memLimits(sig)
 	sum, cnt := l.latSumNs.Swap(0), l.latCount.Swap(0)
-	ob := observation{sig: sig, latCount: cnt, saturated: l.global.takeWaited(), soft: soft, hard: hard}
+	// Saturated: a message queued for a global slot during the interval, or messages
+	// are still queued from before (they may all have arrived long ago).
+	saturated := l.global.takeWaited() || l.global.waiting.Load() > 0
+	ob := observation{sig: sig, latCount: cnt, saturated: saturated, soft: soft, hard: hard}
 	if cnt > 0 {
 		ob.latMean = time.Duration(sum / cnt)
 	}
