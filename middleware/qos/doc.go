@@ -28,9 +28,8 @@
 // MaxInFlight after every sample (every SampleInterval, 250 ms by default):
 //
 //   - Normal (no signal over its threshold): when a message had to wait for a global
-//     slot during the interval, or messages wait now (the limit is what holds the work
-//     back), the limit grows
-//     by a quarter (at least 1). Otherwise it stays.
+//     slot during the interval, or messages wait now (the limit is what holds the
+//     work back), the limit grows by a quarter (at least 1). Otherwise it stays.
 //   - Pressure: memory over the soft limit halves it (down to MinInFlight); scheduler
 //     latency or GC CPU over target multiply it by 3/4, but not below 4×GOMAXPROCS
 //     (fewer running handlers than Ps cannot relieve the CPU, and with about as many
@@ -40,7 +39,12 @@
 //   - Stopped: memory over the hard limit. The limit is 0 (no message starts; those
 //     running finish), attached subscriptions are paused, and the limit to restart from
 //     is halved. Intake resumes when memory is back below the middle of the soft and
-//     hard limits. In Static mode too, when Run runs and a memory limit is known.
+//     hard limits.
+//
+// In Static mode the limit never moves, but when Run runs and a memory limit is known
+// the memory signals still act: Pressure over the soft limit (prefetch lowered, see
+// Back-pressure) and Stopped over the hard one. The CPU and latency signals are only
+// measured (gauges) in Static mode.
 //
 // Without Run the limit stays where it is: static limits work without Run; adaptive
 // limits, back-pressure, hooks and the signal gauges need it. When Run returns it
@@ -62,7 +66,9 @@
 //     GOMEMLIMIT (debug.SetMemoryLimit(-1), read at each sample) when it is set; with
 //     no GOMEMLIMIT and no configured limit, memory signals are off. Set GOMEMLIMIT
 //     (for example to 90 % of the container's memory): it is what makes the Go GC,
-//     and this package, aware of the memory the process may use. Since the live heap
+//     and this package, aware of the memory the process may use; without it the heap
+//     also holds up to GOGC % of garbage above the live data, which configured limits
+//     do not see (set them lower). Since the live heap
 //     is only measured by a GC and a stopped process allocates little, the limiter
 //     calls runtime.GC while stopped when a handler ended since its last collection
 //     (or every 2 s), and under soft memory pressure when no GC ran for a second.
