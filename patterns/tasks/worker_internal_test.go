@@ -317,3 +317,21 @@ func TestMetricsShareRegistry(t *testing.T) {
 		t.Error("two clients on one registry must share the collector")
 	}
 }
+
+// BenchmarkHandlerSuccess measures the worker's own cost per task (goroutine, MaxDuration
+// timer, copy, metrics) around a no-op handler.
+func BenchmarkHandlerSuccess(b *testing.B) {
+	w, err := NewWorker(WorkerConfig{Service: "svc", Publisher: &recorder{}, Channels: noChannels{}, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	h := w.Handler("work", func(*message.Message) error { return nil })
+	msg := delivery("")
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := h(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
