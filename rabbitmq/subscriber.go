@@ -543,7 +543,31 @@ func (ss *session) cancelConsumer() {
 // stop (true) or the channel is lost (false).
 func (ss *session) serve() bool {
 	sub := ss.sub
-	for {
+	for fast := 0; ; fast++ {
+		// Fast path: a delivery that is ready, or a handler that is ready to take the
+		// pending message, without the full select (which locks every channel in it). At
+		// most 16 times in a row, so that control requests and stops are seen promptly.
+		if fast < 16 {
+			if ss.pending != nil {
+				select {
+				case sub.out <- ss.pending:
+					ss.handedOut()
+					continue
+				default:
+				}
+			} else if ss.active != nil {
+				select {
+				case d, ok := <-ss.active:
+					if ok {
+						ss.prepare(d)
+						continue
+					}
+					ss.activeClosed()
+				default:
+				}
+			}
+		}
+		fast = 0
 		var out chan<- *message.Message
 		var in, drain <-chan amqp.Delivery
 		if ss.pending != nil {
