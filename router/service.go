@@ -52,6 +52,10 @@ type Config struct {
 	// Prefetch is the consumer prefetch of each route's request queue. 0 means the
 	// transport's default (100).
 	Prefetch int
+	// Tasks sets the retries of HandleTask routes (MaxAttempts, backoff, MaxDuration;
+	// zero values mean the tasks package defaults). Its Service, Publisher, Channels,
+	// Logger and Registerer are ignored: the Service fills them in.
+	Tasks TaskConfig
 	// CloseTimeout bounds how long Close waits for handlers in flight (owned router
 	// only). 0 means 30 s.
 	CloseTimeout time.Duration
@@ -102,6 +106,7 @@ type Service struct {
 
 	t      *transport
 	wm     *message.Router
+	et     *eventsTasks
 	owned  bool // the Service runs and closes wm
 	server *rpc.Server
 	client *rpc.Client
@@ -154,6 +159,9 @@ func New(service string, cfg Config) (*Service, error) {
 			return nil, err
 		}
 	}
+	if s.et, err = newEventsTasks(s, cfg); err != nil {
+		return nil, err
+	}
 	if s.server, err = rpc.NewServer(rpc.ServerConfig{
 		Service: service, Publisher: s.t.replies, Logger: cfg.Logger, Registerer: cfg.Registerer,
 	}); err != nil {
@@ -197,7 +205,7 @@ func (s *Service) Handle(route string, h rpc.Handler) error {
 		s.mu.Unlock()
 		return ErrClosed
 	}
-	if _, dup := s.routes[route]; dup {
+	if _, dup := s.routes[route]; dup || s.isTaskRoute(route) {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: %q", ErrDuplicateRoute, route)
 	}
@@ -459,6 +467,7 @@ func (s *Service) Close() error {
 		if cancel != nil {
 			cancel()
 		}
+		errs = append(errs, s.et.close())
 		errs = append(errs, s.t.close())
 		s.closeErr = errors.Join(errs...)
 		s.logger.Info("Service closed", nil)
