@@ -57,9 +57,15 @@ func reportRate(b *testing.B, elapsed time.Duration, cpu0 time.Duration) {
 	b.ReportMetric(0, "ns/op")
 }
 
+// BenchmarkPublish: c goroutines each calling Publish with batch messages at a time
+// (at most c*batch messages in flight).
 func BenchmarkPublish(b *testing.B) {
-	for _, c := range []int{16, 64, 256, 1024} {
-		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) {
+	for _, tc := range []struct{ c, batch int }{{16, 1}, {64, 1}, {256, 1}, {1024, 1}, {4, 64}, {16, 64}} {
+		name := fmt.Sprintf("c=%d", tc.c)
+		if tc.batch > 1 {
+			name += fmt.Sprintf(",batch=%d", tc.batch)
+		}
+		b.Run(name, func(b *testing.B) {
 			_, q := benchQueue(b)
 			conn := connect(b, testbroker.Name("mmtest.benchpub"))
 			pub := newPublisher(b, conn, rabbitmq.PublisherConfig{Marshaler: wire.Codec{Persistent: true}})
@@ -69,15 +75,23 @@ func BenchmarkPublish(b *testing.B) {
 			}
 			var next atomic.Int64
 			var wg sync.WaitGroup
-			errs := make(chan error, c)
+			errs := make(chan error, tc.c)
 			b.ResetTimer()
 			cpu0, start := cpuTime(), time.Now()
-			for range c {
+			for range tc.c {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					for next.Add(1) <= int64(b.N) {
-						if err := pub.Publish(q, message.NewMessage(watermill.NewUUID(), payload)); err != nil {
+					msgs := make([]*message.Message, 0, tc.batch)
+					for {
+						msgs = msgs[:0]
+						for len(msgs) < tc.batch && next.Add(1) <= int64(b.N) {
+							msgs = append(msgs, message.NewMessage(watermill.NewUUID(), payload))
+						}
+						if len(msgs) == 0 {
+							return
+						}
+						if err := pub.Publish(q, msgs...); err != nil {
 							errs <- err
 							return
 						}
