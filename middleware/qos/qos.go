@@ -240,9 +240,11 @@ type Limiter struct {
 	lastLat atomic.Int64 // mean handler ns in the last interval
 	// pausedSinceNs is when intake stopped (unix ns), set by the sampling goroutine.
 	pausedSinceNs atomic.Int64
-	latSumNs      atomic.Int64
-	latCount      atomic.Int64
-	collector     *collector
+	// latSumNs sums the handler time of messages that ended since the last sample;
+	// their count is derived from the admitted and in-flight counts, to spare the
+	// hot path an atomic add.
+	latSumNs  atomic.Int64
+	collector *collector
 
 	mu       sync.Mutex
 	attached []*attachment
@@ -252,9 +254,11 @@ type Limiter struct {
 	runDone  chan struct{} // closed when an active Run returns
 
 	// Owned by the sampling goroutine.
-	ps          policyState
-	lastGC      uint64
-	noGCSamples int
+	ps           policyState
+	lastGC       uint64
+	noGCSamples  int
+	prevAdmitted uint64
+	prevInFlight int
 	// normalSamples counts the samples in a row in the Normal state.
 	normalSamples int
 	inFlightAtGC  int
@@ -386,7 +390,6 @@ func (l *Limiter) refuse(msg *message.Message, waited time.Duration, err error) 
 
 func (l *Limiter) done(rg *gate, n uint64, start time.Time) {
 	l.latSumNs.Add(int64(time.Since(start)))
-	l.latCount.Add(1)
 	l.global.release(n)
 	if rg != nil {
 		rg.release(n)
@@ -512,7 +515,11 @@ func (l *Limiter) Close() error {
 func (l *Limiter) sample(now time.Time) {
 	sig := l.source.Sample()
 	soft, hard := l.pol.memLimits(sig)
-	sum, cnt := l.latSumNs.Swap(0), l.latCount.Swap(0)
+	sum := l.latSumNs.Swap(0)
+	admitted := l.stats.admitted.Load()
+	inFlightNow, _ := l.global.inFlight()
+	cnt := max(0, int64(admitted-l.prevAdmitted)-int64(inFlightNow-l.prevInFlight))
+	l.prevAdmitted, l.prevInFlight = admitted, inFlightNow
 	// Saturated: a message queued for a global slot during the interval, or messages
 	// are still queued from before (they may all have arrived long ago).
 	saturated := l.global.takeWaited() || l.global.waiting.Load() > 0
