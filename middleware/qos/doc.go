@@ -136,7 +136,7 @@
 //
 // A Limiter is safe for concurrent use: any number of handlers and goroutines may run
 // its middleware at once. A message that finds a free slot costs a few atomic
-// operations and no allocation (100-160 ns on a 2-core machine; see BENCHMARKS.md);
+// operations and no allocation (70-100 ns on a 2-core machine; see BENCHMARKS.md);
 // only messages that must wait take a mutex. New starts no goroutine; Run is the only
 // goroutine the package uses (one Run at a time, ErrRunning otherwise), and it calls
 // the FlowControl methods and the hooks. Close is idempotent: it stops Run, waiting up
