@@ -53,6 +53,7 @@ type qosOut struct {
 	states   map[qos.State]int // samples per state
 	pauses   int
 	pressure int
+	flowOps  int64 // FlowControl calls made by the limiter
 	probe    probeStats
 	mem      memPeaks
 }
@@ -98,6 +99,7 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 	defer stopAll()
 	var (
 		lim     *qos.Limiter
+		flow    *countingFlow
 		limDone = make(chan error, 1)
 	)
 	if r.limiter != nil {
@@ -116,7 +118,8 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 		}
 		defer lim.Close()
 		router.AddMiddleware(lim.Middleware)
-		lim.Attach(sub, "")
+		flow = &countingFlow{FlowControl: sub, trace: r.trace}
+		lim.Attach(flow, "")
 		go func() { limDone <- lim.Run(runCtx) }()
 	} else {
 		limDone <- nil
@@ -206,11 +209,45 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 		return out, err
 	}
 	<-watchDone
+	if flow != nil {
+		out.flowOps = flow.calls.Load()
+	}
 	latMu.Lock()
 	out.inProc = append([]time.Duration(nil), lats...)
 	latMu.Unlock()
 	sort.Slice(out.inProc, func(i, j int) bool { return out.inProc[i] < out.inProc[j] })
 	return out, nil
+}
+
+// countingFlow counts (and with trace prints) the limiter's FlowControl calls.
+type countingFlow struct {
+	qos.FlowControl
+	calls atomic.Int64
+	trace bool
+}
+
+func (c *countingFlow) SetPrefetch(n int) error {
+	c.calls.Add(1)
+	if c.trace {
+		fmt.Fprintf(os.Stderr, "qos: prefetch %d\n", n)
+	}
+	return c.FlowControl.SetPrefetch(n)
+}
+
+func (c *countingFlow) Pause() error {
+	c.calls.Add(1)
+	if c.trace {
+		fmt.Fprintln(os.Stderr, "qos: pause")
+	}
+	return c.FlowControl.Pause()
+}
+
+func (c *countingFlow) Resume() error {
+	c.calls.Add(1)
+	if c.trace {
+		fmt.Fprintln(os.Stderr, "qos: resume")
+	}
+	return c.FlowControl.Resume()
 }
 
 // probeStats: a goroutine that wants to run every 10 ms, and how late it ran: whether

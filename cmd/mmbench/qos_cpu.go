@@ -42,6 +42,10 @@ func qosCPU(ctx context.Context, cfg config) (result, error) {
 		}
 		sweep = append(sweep, v)
 	}
+	trace, err := optBool(cfg, "trace", false)
+	if err != nil {
+		return result{}, err
+	}
 	spin := calibrateSpinner(time.Duration(workMs) * time.Millisecond)
 	handler := func(*message.Message) error { spin.spin(); return nil }
 
@@ -68,7 +72,7 @@ func qosCPU(ctx context.Context, cfg config) (result, error) {
 				return result{}, err
 			}
 			out, err := runQoSConsumer(ctx, qosRun{url: cfg.url, queue: q, n: cfg.n, prefetch: prefetch,
-				limiter: r.cfg, handler: handler, name: "mmbench-qos-cpu"})
+				limiter: r.cfg, handler: handler, name: "mmbench-qos-cpu", trace: trace && r.cfg != nil})
 			deleteQueue(cfg.url, q)
 			if err != nil {
 				return result{}, fmt.Errorf("%s: %w", r.label, err)
@@ -96,8 +100,8 @@ func qosCPU(ctx context.Context, cfg config) (result, error) {
 		line := fmt.Sprintf("%s=%.0f/s best %.0f/s %v p99=%.0fms", r.label, rate, top, rates(cfg.n, all), percentile(out.inProc, 99)/1e3)
 		if r.label == "adaptive" {
 			adaptive, atop = out, top
-			line += fmt.Sprintf(" (limit max %d last %d, samples normal/pressure %d/%d)",
-				out.maxLimit, out.lastLim, out.states[qos.Normal], out.states[qos.Pressure])
+			line += fmt.Sprintf(" (limit max %d last %d, samples normal/pressure %d/%d, flow control calls %d)",
+				out.maxLimit, out.lastLim, out.states[qos.Normal], out.states[qos.Pressure], out.flowOps)
 		}
 		if strings.HasPrefix(r.label, "static") {
 			if rate > best {

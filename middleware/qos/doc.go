@@ -29,7 +29,9 @@
 //
 //   - Normal (no signal over its threshold): when a message had to wait for a global
 //     slot during the interval, or messages wait now (the limit is what holds the
-//     work back), the limit grows by a quarter (at least 1). Otherwise it stays.
+//     work back), the limit grows by a quarter (at least 1), but near the soft memory
+//     limit by no more than limit × soft / memory in use (the live heap is measured
+//     late; a step must not overshoot). Otherwise it stays.
 //   - Pressure: memory over the soft limit halves it (down to MinInFlight); scheduler
 //     latency or GC CPU over target multiply it by 3/4, but not below 4×GOMAXPROCS
 //     (fewer running handlers than Ps cannot relieve the CPU, and with about as many

@@ -227,7 +227,15 @@ func (p *policy) step(st policyState, ob observation) (policyState, Reason) {
 	default:
 		st.state = Normal
 		if p.adaptive && ob.saturated {
-			st.limit = min(p.max, st.limit+max(1, st.limit/growDivisor))
+			next := min(p.max, st.limit+max(1, st.limit/growDivisor))
+			// Near the soft limit, grow no further than memory per message in flight
+			// (overestimated: used/limit counts the base memory too) says still fits
+			// under it: the live heap is measured late, a step must not overshoot.
+			if ob.soft > 0 && used > 0 {
+				fit := int(float64(st.limit) * float64(ob.soft) / float64(used))
+				next = max(st.limit, min(next, fit))
+			}
+			st.limit = next
 		}
 	}
 	if !p.adaptive {
