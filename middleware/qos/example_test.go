@@ -31,9 +31,10 @@ func Example() {
 	}
 	defer sub.Close()
 
+	reg := prometheus.NewRegistry() // served on /metrics with promhttp.HandlerFor
 	limiter, err := qos.New(qos.Config{
 		Prefetch:   100, // what the subscriber uses: restored after pressure
-		Registerer: prometheus.DefaultRegisterer,
+		Registerer: reg,
 		Routes:     map[string]qos.RouteLimit{"billing.export": {MaxInFlight: 2}},
 		OnPressure: func(tr qos.Transition) { log.Printf("QoS %v: %v", tr.To, tr.Reasons) },
 	})
