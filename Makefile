@@ -25,7 +25,7 @@ test:
 	scripts/test.sh
 
 # Wire compatibility with the Node library, against ../shared/conformance.
-conformance:
+conformance: broker
 	scripts/conformance.sh
 
 # Library vs raw amqp091-go benchmarks; env N, SIZE.
