@@ -98,9 +98,10 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 	runCtx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
 	var (
-		lim     *qos.Limiter
-		flow    *countingFlow
-		limDone = make(chan error, 1)
+		lim              *qos.Limiter
+		flow             *countingFlow
+		limDone          = make(chan error, 1)
+		pressures, stops atomic.Int64 // written by the limiter's hooks
 	)
 	if r.limiter != nil {
 		c := *r.limiter
@@ -108,9 +109,9 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 			if r.trace {
 				fmt.Fprintf(os.Stderr, "qos: %v -> %v %v limit %d signals %+v handler %v\n", tr.From, tr.To, tr.Reasons, tr.Limit, tr.Signals, tr.HandlerLatency)
 			}
-			out.pressure++
+			pressures.Add(1)
 			if tr.To == qos.Stopped {
-				out.pauses++
+				stops.Add(1)
 			}
 		}
 		if lim, err = qos.New(c); err != nil {
@@ -143,10 +144,14 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 
 	probe := startProbe()
 	mem := startMemSampler()
-	out.states = map[qos.State]int{}
-	watchDone := make(chan struct{})
-	go func() { // limiter watch, for the report
-		defer close(watchDone)
+	type watched struct {
+		states   map[qos.State]int
+		maxLimit int
+	}
+	watchDone := make(chan watched, 1)
+	go func() { // limiter watch, for the report; owns its results until it ends
+		w := watched{states: map[qos.State]int{}}
+		defer func() { watchDone <- w }()
 		if lim == nil {
 			return
 		}
@@ -157,9 +162,9 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 			case <-runCtx.Done():
 				return
 			case <-t.C:
-				out.states[lim.State()]++
-				out.maxLimit = max(out.maxLimit, lim.Limit())
-				if r.trace && out.states[lim.State()]%5 == 0 {
+				w.states[lim.State()]++
+				w.maxLimit = max(w.maxLimit, lim.Limit())
+				if r.trace && w.states[lim.State()]%5 == 0 {
 					n, _ := lim.InFlight()
 					fmt.Fprintf(os.Stderr, "qos: %v limit %d in flight %d handled %d signals %+v\n", lim.State(), lim.Limit(), n, handled.Load(), lim.LastSignals())
 				}
@@ -208,10 +213,12 @@ func runQoSConsumer(ctx context.Context, r qosRun) (qosOut, error) {
 	if err := <-limDone; err != nil {
 		return out, err
 	}
-	<-watchDone
+	w := <-watchDone
+	out.states, out.maxLimit = w.states, w.maxLimit
 	if flow != nil {
 		out.flowOps = flow.calls.Load()
 	}
+	out.pressure, out.pauses = int(pressures.Load()), int(stops.Load())
 	latMu.Lock()
 	out.inProc = append([]time.Duration(nil), lats...)
 	latMu.Unlock()
