@@ -106,6 +106,10 @@
 // and retried at the next sample. Detaching a subscription, and the end of Run,
 // restore it at once.
 //
+// Keep out of the limiter (no middleware, no Attach) the consumers that running
+// handlers wait on, such as an RPC client's reply queue: a handler waiting for a reply
+// that waits for a slot behind it would never finish.
+//
 // # Hooks
 //
 // Config.OnPressure runs when the state gets worse (Normal to Pressure or Stopped,
