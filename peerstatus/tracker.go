@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/micromessaging/micromessaging/internal/latest"
 	"github.com/micromessaging/micromessaging/wire"
 )
 
@@ -188,8 +189,8 @@ type Tracker struct {
 	nextObs    int
 	sendFailed bool // the last heartbeat could not be sent (log only transitions)
 
-	changes *latest[[]Peer]
-	hook    *latest[[]Peer]
+	changes *latest.Value[[]Peer]
+	hook    *latest.Value[[]Peer]
 	beatNow chan struct{}
 	started chan struct{}
 
@@ -218,12 +219,12 @@ func New(cfg Config) (*Tracker, error) {
 		tbl:       newTable(cfg.SuspectAfter, cfg.GoneAfter),
 		ready:     true,
 		observers: map[int]func(Peer){},
-		changes:   newLatest[[]Peer](),
+		changes:   latest.New[[]Peer](),
 		beatNow:   make(chan struct{}, 1),
 		started:   make(chan struct{}),
 	}
 	if cfg.OnChange != nil {
-		t.hook = newLatest[[]Peer]()
+		t.hook = latest.New[[]Peer]()
 	}
 	return t, nil
 }
@@ -252,7 +253,7 @@ func (t *Tracker) Peers() []Peer {
 // Changes returns a latest-value channel: after every join, leave or change of a member
 // (the own instance included) it holds the newest Peers snapshot, replacing an unread
 // older one. Use Diff on two snapshots to see what changed. Never closed.
-func (t *Tracker) Changes() <-chan []Peer { return t.changes.ch }
+func (t *Tracker) Changes() <-chan []Peer { return t.changes.C() }
 
 // SetLeadership sets what the own heartbeats say about leadership (isMaster, leaderId,
 // term); the elector calls it. Until it is first called, heartbeats say isMaster:false
@@ -519,9 +520,9 @@ func (t *Tracker) snapshotLocked(now time.Time) []Peer {
 // and the metrics. It never blocks.
 func (t *Tracker) publishLocked(now time.Time) {
 	snap := t.snapshotLocked(now)
-	t.changes.set(snap)
+	t.changes.Set(snap)
 	if t.hook != nil {
-		t.hook.set(snap)
+		t.hook.Set(snap)
 	}
 	alive, suspect := t.tbl.counts()
 	t.metrics.peers.WithLabelValues(t.cfg.Service, Alive.String()).Set(float64(alive + 1))
@@ -534,7 +535,7 @@ func (t *Tracker) notifyLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case snap := <-t.hook.ch:
+		case snap := <-t.hook.C():
 			for _, c := range Diff(prev, snap) {
 				t.cfg.OnChange(c)
 			}

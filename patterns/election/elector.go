@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/micromessaging/micromessaging/internal/latest"
 	"github.com/micromessaging/micromessaging/peerstatus"
 	"github.com/micromessaging/micromessaging/wire"
 )
@@ -197,7 +198,7 @@ type Elector struct {
 	hurryUntil   time.Time       // retry ten times as often until then (the leader just left)
 	failing      bool            // the last attempt failed with an error (log transitions only)
 
-	changes   *latest[State]
+	changes   *latest.Value[State]
 	wake      chan struct{} // try the lock now
 	supersede chan struct{} // a higher term leads: step down
 
@@ -234,7 +235,7 @@ func New(cfg Config) (*Elector, error) {
 		}),
 		metrics:   m,
 		warned:    map[string]bool{},
-		changes:   newLatest[State](),
+		changes:   latest.New[State](),
 		wake:      make(chan struct{}, 1),
 		supersede: make(chan struct{}, 1),
 		fx:        newEffects(),
@@ -273,7 +274,7 @@ func (e *Elector) State() State {
 // Changes returns a latest-value channel of State: after every change it holds the
 // newest State, replacing an unread older one, so the election never waits for its
 // reader. Never closed.
-func (e *Elector) Changes() <-chan State { return e.changes.ch }
+func (e *Elector) Changes() <-chan State { return e.changes.C() }
 
 // Leading returns, while this instance leads, a context that is cancelled the moment
 // it stops leading and the term; otherwise ErrNotLeader. Use the term to fence side
@@ -520,7 +521,7 @@ func (e *Elector) setStateLocked(s State) {
 	}
 	e.state = s
 	e.tracker.SetLeadership(peerstatus.Leadership(s))
-	e.changes.set(s)
+	e.changes.Set(s)
 	if s.LeaderID != "" && s.LeaderID != prev.LeaderID {
 		e.metrics.changes.WithLabelValues(e.service).Inc()
 	}
