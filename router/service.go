@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/micromessaging/micromessaging/middleware/qos"
 	"github.com/micromessaging/micromessaging/patterns/election"
 	"github.com/micromessaging/micromessaging/patterns/rpc"
 )
@@ -67,8 +68,19 @@ type Config struct {
 	// OnStepUp and OnStepDown are the election hooks (see election.Config).
 	OnStepUp   func(election.StepUp)
 	OnStepDown func(election.StepDown)
-	// Load, if set, is published in every heartbeat (e.g. the QoS limiter's state).
+	// Load, if set, is published in every heartbeat (the "load" field of peerstatus).
+	// nil means the QoS limiter's state (a QoSLoad), or nothing with DisableQoS.
 	Load func() any
+
+	// QoS configures the Service's QoS limiter (package middleware/qos), on by
+	// default: the zero value is qos's adaptive defaults. It wraps the RPC, task and
+	// event handlers of the Service. Its Prefetch, Registerer and Logger are ignored
+	// (the Service uses Config.Prefetch, Registerer and Logger); Routes is keyed by
+	// route name (as given to Handle or HandleTask). See the package documentation.
+	QoS qos.Config
+	// DisableQoS turns the QoS limiter off: handlers run as their deliveries arrive,
+	// bounded only by Prefetch per route, and heartbeats carry no load.
+	DisableQoS bool
 }
 
 func (c *Config) setDefaults() {
@@ -92,6 +104,11 @@ func (c Config) Validate() error {
 	if c.CloseTimeout < 0 {
 		errs = append(errs, errors.New("router: Config.CloseTimeout is negative"))
 	}
+	if !c.DisableQoS {
+		if err := c.QoS.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("router: Config.QoS: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -111,6 +128,10 @@ type Service struct {
 	server *rpc.Server
 	client *rpc.Client
 	peers  *peers
+	qos    *qos.Limiter // nil with Config.DisableQoS
+	// qosDone is closed when the limiter's Run returned (set by wire under mu; nil
+	// before).
+	qosDone chan struct{}
 
 	connectMu sync.Mutex    // serializes Connect
 	connected chan struct{} // closed when Connect succeeded
@@ -173,6 +194,15 @@ func New(service string, cfg Config) (*Service, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if s.qos, err = newLimiter(service, cfg); err != nil {
+		return nil, err
+	}
+	if s.qos != nil {
+		s.qos.Attach(s.t.requestSub, "") // RPC and task routes share it
+		if cfg.Load == nil {
+			cfg.Load = s.qosLoad
+		}
+	}
 	ready := func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.isUp }
 	if s.peers, err = newPeers(service, s.id, cfg, s.t, ready); err != nil {
 		return nil, err
@@ -227,7 +257,7 @@ func (s *Service) Handle(route string, h rpc.Handler) error {
 
 // addRouteLocked adds the route's handler to wm.
 func (s *Service) addRouteLocked(route string, h rpc.Handler) error {
-	wh, err := s.server.AddHandler(s.wm, s.t.requestSub, route, h)
+	wh, err := s.addRPCHandler(route, h)
 	if err != nil {
 		return err
 	}
@@ -321,6 +351,7 @@ func (s *Service) wire() error {
 		}
 	}
 	s.wired = true
+	s.startQoS()
 	if s.owned {
 		go func() {
 			defer close(s.routerDone)
@@ -440,11 +471,15 @@ func (s *Service) Close() error {
 		handlers := s.handlers
 		cancel := s.cancelRun
 		wired := s.wired
+		qosDone := s.qosDone
 		s.mu.Unlock()
 
 		var errs []error
 		errs = append(errs, s.peers.close()) // hands leadership over while the connections are up
 		errs = append(errs, s.client.Close())
+		// Before the handlers stop: messages waiting for a slot (all of them while
+		// intake is stopped) are nacked instead of holding the router's close.
+		errs = append(errs, s.closeQoS(qosDone))
 		if s.owned {
 			if wired {
 				errs = append(errs, s.wm.Close())
