@@ -40,8 +40,8 @@ acks on another connection keep going. ConnectionConfig.Name is shown by the bro
 
 # Publishing (confirms, mandatory, outages)
 
-A Publisher uses one channel at a time, in confirm mode unless NoConfirm; no channel is
-opened per publish. Concurrent Publish calls write to it one after the other and wait
+A Publisher uses one channel at a time, in confirm mode unless NoConfirm (plus a second
+one without confirms once PublishUnconfirmed is used); no channel is opened per publish. Concurrent Publish calls write to it one after the other and wait
 for their confirms concurrently, so many publishes are in flight at once (pipelined
 confirms; amqp091's reader goroutine wakes each caller when its confirm arrives). Publish
 returns when the broker confirmed each of its messages: nil, or an error per message
@@ -58,6 +58,13 @@ Publisher sets it when a Marshaler leaves it empty), so two messages with the sa
 in flight at once on one Publisher cannot be told apart. With NoConfirm there is nothing
 to wait for: Publish returns once its messages are written, and returns are only logged
 and counted.
+
+PublishUnconfirmed is for callers that learn the outcome another way (an RPC client
+waits for the reply): it writes one message on a second channel of the Publisher, without
+confirms, and returns; with Mandatory, a return of that message calls the caller's
+onReturn function, and a channel lost after the write closes the returned lost channel
+(the message may or may not have reached the broker). It spares the broker a confirm
+and the caller a wake-up per message.
 
 During an outage Publish waits for the connection, bounded by the message's context and
 by Close; it returns ErrNotConnected if Connect never succeeded. Messages written on a

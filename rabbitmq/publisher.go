@@ -93,8 +93,14 @@ type Publisher struct {
 	logger  watermill.LoggerAdapter
 	metrics pubMetrics
 
-	cur     atomic.Pointer[pubChannel] // the channel in use; nil or dead = open a new one
-	openSem chan struct{}              // one opener at a time (a semaphore that honours ctx)
+	// cur holds the channels in use (nil or dead = open a new one): [slotMain] in the
+	// configured mode, [slotUnconfirmed] without confirms for PublishUnconfirmed (the
+	// same as slotMain with NoConfirm).
+	cur     [2]atomic.Pointer[pubChannel]
+	openSem chan struct{} // one opener at a time (a semaphore that honours ctx)
+
+	hmu   sync.Mutex
+	hooks map[string]func() // MessageId -> onReturn of PublishUnconfirmed
 
 	mu       sync.RWMutex // guards closed; Publish holds it for reading
 	closed   bool
@@ -121,6 +127,7 @@ func NewPublisher(conn *Connection, cfg PublisherConfig) (*Publisher, error) {
 		metrics: newPubMetrics(cfg.Registerer, cfg.Name),
 		openSem: make(chan struct{}, 1),
 		closing: make(chan struct{}),
+		hooks:   make(map[string]func()),
 	}, nil
 }
 
@@ -194,7 +201,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 			p.metrics.retried.Add(float64(len(todo)))
 			p.logger.Debug("Publishing again after the channel was lost", watermill.LogFields{"topic": topic, "messages": len(todo)})
 		}
-		pc, err := p.channel(ctx)
+		pc, err := p.channel(ctx, slotMain)
 		if err != nil {
 			return err
 		}
@@ -245,6 +252,83 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
+// PublishUnconfirmed publishes msg with routing key topic to PublisherConfig.Exchange
+// without waiting for a publisher confirm, for a caller that learns the outcome another
+// way (an RPC client waits for the reply). It uses a channel of its own without
+// confirms (the Publisher's channel when NoConfirm), so the broker sends no confirm for
+// it either. It returns once msg is written to the connection (waiting for the
+// connection during an outage, bounded by msg.Context() and by Close).
+//
+// With Mandatory, when the broker returns msg as unroutable, onReturn (if not nil) is
+// called once, from the Publisher's goroutine (it must not block), unless forget was
+// called before. Returns are matched by MessageId (msg.UUID with wire.Codec): a second
+// PublishUnconfirmed of a message with the same id while the first is not forgotten
+// fails. Call forget once the return no longer matters (the caller got its reply or
+// gave up); it is idempotent.
+//
+// lost is closed when the channel msg was written on has closed (connection lost,
+// channel error, Close): msg may or may not have reached the broker, and no return
+// will be reported for it. A caller still waiting may publish it again.
+func (p *Publisher) PublishUnconfirmed(topic string, msg *message.Message, onReturn func()) (lost <-chan struct{}, forget func(), err error) {
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		return nil, nil, ErrClosed
+	}
+	p.inflight.Add(1)
+	p.mu.RUnlock()
+	defer p.inflight.Done()
+
+	pub, err := p.cfg.Marshaler.Marshal(msg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rabbitmq: marshal message %s: %w", msg.UUID, err)
+	}
+	if pub.MessageId == "" {
+		pub.MessageId = msg.UUID
+	}
+	forget = func() {}
+	if onReturn != nil && p.cfg.Mandatory {
+		id := pub.MessageId
+		p.hmu.Lock()
+		_, dup := p.hooks[id]
+		if !dup {
+			p.hooks[id] = onReturn
+		}
+		p.hmu.Unlock()
+		if dup {
+			return nil, nil, fmt.Errorf("rabbitmq: message %s: another publish of this id awaits its return", id)
+		}
+		forget = func() {
+			p.hmu.Lock()
+			delete(p.hooks, id)
+			p.hmu.Unlock()
+		}
+	}
+	ctx := msg.Context()
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			p.metrics.retried.Inc()
+		}
+		pc, err := p.channel(ctx, slotUnconfirmed)
+		if err != nil {
+			forget()
+			return nil, nil, err
+		}
+		pc.cork.cork()
+		err = pc.ch.PublishWithContext(ctx, p.cfg.Exchange, topic, p.cfg.Mandatory, false, pub)
+		pc.cork.uncork()
+		if err == nil {
+			p.metrics.published.Inc()
+			return pc.dead, forget, nil
+		}
+		if r := pc.writeFailed(ctx, err); !r.lost {
+			forget()
+			return nil, nil, fmt.Errorf("rabbitmq: publish to %q: message %s: %w", topic, msg.UUID, r.err)
+		}
+		// The channel died before the write: write it on the next one.
+	}
+}
+
 // Close waits for Publish calls in flight (up to CloseTimeout), then closes the channel.
 // Publish calls waiting for the connection return ErrClosed. Later Publish calls return
 // ErrClosed. Close is idempotent and does not close the Connection.
@@ -272,9 +356,11 @@ func (p *Publisher) Close() error {
 	}
 	// Take the opener slot so no channel is being opened, then close the current one.
 	p.openSem <- struct{}{}
-	if pc := p.cur.Swap(nil); pc != nil {
-		pc.closing.Store(true)
-		_ = pc.ch.Close()
+	for i := range p.cur {
+		if pc := p.cur[i].Swap(nil); pc != nil {
+			pc.closing.Store(true)
+			_ = pc.ch.Close()
+		}
 	}
 	<-p.openSem
 	p.trackers.Wait()
@@ -282,10 +368,20 @@ func (p *Publisher) Close() error {
 	return nil
 }
 
-// channel returns the live channel, opening one (waiting for the connection) when there
-// is none.
-func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
-	if pc := p.cur.Load(); pc != nil && !pc.ch.IsClosed() {
+// Slots of Publisher.cur.
+const (
+	slotMain        = 0
+	slotUnconfirmed = 1
+)
+
+// channel returns the live channel of slot, opening one (waiting for the connection)
+// when there is none.
+func (p *Publisher) channel(ctx context.Context, slot int) (*pubChannel, error) {
+	if slot == slotUnconfirmed && p.cfg.NoConfirm {
+		slot = slotMain
+	}
+	cur := &p.cur[slot]
+	if pc := cur.Load(); pc != nil && !pc.ch.IsClosed() {
 		return pc, nil
 	}
 	select {
@@ -297,7 +393,7 @@ func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
 	}
 	defer func() { <-p.openSem }()
 	for {
-		if pc := p.cur.Load(); pc != nil && !pc.ch.IsClosed() {
+		if pc := cur.Load(); pc != nil && !pc.ch.IsClosed() {
 			return pc, nil
 		}
 		select {
@@ -309,9 +405,9 @@ func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
 		if err != nil {
 			return nil, err
 		}
-		pc, err := p.open(conn)
+		pc, err := p.open(conn, slot == slotMain && !p.cfg.NoConfirm)
 		if err == nil {
-			p.cur.Store(pc)
+			cur.Store(pc)
 			return pc, nil
 		}
 		if !conn.IsClosed() {
@@ -321,7 +417,7 @@ func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
 	}
 }
 
-func (p *Publisher) open(conn *amqp.Connection) (*pubChannel, error) {
+func (p *Publisher) open(conn *amqp.Connection, confirm bool) (*pubChannel, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, fmt.Errorf("rabbitmq: open publisher channel: %w", err)
@@ -335,7 +431,7 @@ func (p *Publisher) open(conn *amqp.Connection) (*pubChannel, error) {
 			return fail(err)
 		}
 	}
-	pc := &pubChannel{ch: ch, conn: conn, confirm: !p.cfg.NoConfirm, dead: make(chan struct{}), cork: p.conn.corkFor(conn)}
+	pc := &pubChannel{ch: ch, conn: conn, confirm: confirm, dead: make(chan struct{}), cork: p.conn.corkFor(conn)}
 	if pc.cork == nil { // a reconnect happened meanwhile: this channel is dead already
 		return fail(fmt.Errorf("rabbitmq: open publisher channel: %w", amqp.ErrClosed))
 	}
@@ -417,6 +513,14 @@ func (pc *pubChannel) watch(p *Publisher) {
 func (pc *pubChannel) noteReturn(p *Publisher, r amqp.Return) {
 	p.metrics.returned.Inc()
 	if !pc.confirm {
+		p.hmu.Lock()
+		onReturn := p.hooks[r.MessageId]
+		delete(p.hooks, r.MessageId)
+		p.hmu.Unlock()
+		if onReturn != nil {
+			onReturn()
+			return
+		}
 		p.logger.Error("Message returned as unroutable", ErrUnroutable, watermill.LogFields{
 			"message_uuid": r.MessageId, "exchange": r.Exchange, "routing_key": r.RoutingKey,
 			"reply_code": r.ReplyCode, "reply_text": r.ReplyText})

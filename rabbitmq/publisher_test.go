@@ -272,3 +272,73 @@ func TestPublishContextCancelled(t *testing.T) {
 		t.Fatalf("publish with a cancelled context: %v", err)
 	}
 }
+
+func TestPublishUnconfirmed(t *testing.T) {
+	adm := newAdmin(t)
+	q := testbroker.Name("mmtest.unconf")
+	if _, err := adm.channel().QueueDeclare(q, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	adm.deleteLater(q)
+	name := testbroker.Name("mmtest.unconf")
+	conn := connect(t, name)
+	pub := newPublisher(t, conn, rabbitmq.PublisherConfig{Mandatory: true})
+
+	// Routed: no return; the message reaches the queue.
+	returned := make(chan string, 4)
+	lost, forget, err := pub.PublishUnconfirmed(q, newMsg(`1`), func() { returned <- "routed" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the message in the queue", func() bool { n, _ := adm.depth(q); return n == 1 })
+	forget()
+	forget() // idempotent
+
+	// Unroutable: onReturn runs once, at once.
+	msg := newMsg(`2`)
+	_, forget2, err := pub.PublishUnconfirmed("mmtest.nobody."+q, msg, func() { returned <- msg.UUID })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forget2()
+	select {
+	case id := <-returned:
+		if id != msg.UUID {
+			t.Fatalf("onReturn of %q, want the unroutable message's", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no return reported for an unroutable message")
+	}
+
+	// A forgotten message's return is not reported.
+	_, forget3, err := pub.PublishUnconfirmed("mmtest.nobody."+q, newMsg(`3`), func() { returned <- "forgotten" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	forget3()
+	// Confirmed publishes on the same Publisher still work (their own channel).
+	if err := pub.Publish(q, newMsg(`4`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish("mmtest.nobody."+q, newMsg(`5`)); !errors.Is(err, rabbitmq.ErrUnroutable) {
+		t.Fatalf("confirmed unroutable publish: %v, want ErrUnroutable", err)
+	}
+	select {
+	case id := <-returned:
+		t.Fatalf("unexpected onReturn %q", id)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	// lost closes when the channel the message was written on is lost.
+	select {
+	case <-lost:
+		t.Fatal("lost closed on a live channel")
+	default:
+	}
+	closeConnections(t, name)
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("lost not closed after the connection was closed")
+	}
+}

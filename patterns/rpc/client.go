@@ -35,7 +35,11 @@ type ClientConfig struct {
 	// queue). It must publish with mandatory set and publisher confirms, and return an
 	// error wrapping wire.ErrUnroutable when the broker returns the message: that is how
 	// a request to a route nobody serves fails at once (rabbitmq.Publisher with
-	// Mandatory does). With another publisher such a call ends with ErrTimeout. Required.
+	// Mandatory does). With another publisher such a call ends with ErrTimeout. When
+	// the publisher also has the method PublishUnconfirmed(topic string, msg
+	// *message.Message, onReturn func()) (lost <-chan struct{}, forget func(), err
+	// error) (rabbitmq.Publisher does), requests go through it instead, without
+	// waiting for the broker's confirm (see the package documentation). Required.
 	Publisher message.Publisher
 	// Timeout of a call whose ctx has no deadline and that has no WithTimeout option.
 	// 0 means DefaultTimeout (120 s).
@@ -186,10 +190,17 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// unconfirmedPublisher is implemented by rabbitmq.Publisher: a publish that does not
+// wait for the broker's confirm and reports a mandatory message's return.
+type unconfirmedPublisher interface {
+	PublishUnconfirmed(topic string, msg *message.Message, onReturn func()) (lost <-chan struct{}, forget func(), err error)
+}
+
 // call is one request waiting for its replies.
 type call struct {
 	mu     sync.Mutex
 	queue  []*message.Message
+	ret    bool          // the request came back unroutable
 	notify chan struct{} // cap 1: something was queued
 }
 
@@ -201,6 +212,29 @@ func (cl *call) push(msg *message.Message) {
 	case cl.notify <- struct{}{}:
 	default:
 	}
+}
+
+// unroutable records that the broker returned the request.
+func (cl *call) unroutable() {
+	cl.mu.Lock()
+	cl.ret = true
+	cl.mu.Unlock()
+	select {
+	case cl.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (cl *call) returned() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.ret
+}
+
+func (cl *call) queued() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return len(cl.queue) > 0
 }
 
 func (cl *call) take() []*message.Message {
@@ -418,14 +452,6 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	md[wire.MetaMMSRoute] = route
 	md[wire.MetaMMSIAT] = strconv.FormatInt(iat, 10)
 	md[wire.MetaMMSEAT] = strconv.FormatInt(iat+ms, 10)
-	// Publishing (which waits for the connection during an outage) is bounded by the
-	// call's timeout too, not only by ctx.
-	pctx, cancelPublish := ctx, context.CancelFunc(func() {})
-	if dl, ok := ctx.Deadline(); !ok || dl.After(start.Add(timeout)) {
-		pctx, cancelPublish = context.WithDeadline(ctx, start.Add(timeout))
-	}
-	defer cancelPublish()
-	msg.SetContext(pctx)
 
 	cl := &call{notify: make(chan struct{}, 1)}
 	c.mu.Lock()
@@ -437,8 +463,35 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 		c.mu.Unlock()
 	}()
 
-	if err := c.cfg.Publisher.Publish(queue, msg); err != nil {
+	// publish sends the request. With a publisher that can report returns without
+	// confirms (rabbitmq.Publisher), it does not wait for the broker's confirm: the
+	// reply tells that the request arrived, a return that it was unroutable, and lost
+	// that it may not have reached the broker.
+	up, unconfirmed := c.cfg.Publisher.(unconfirmedPublisher)
+	var lost <-chan struct{}
+	forget := func() {}
+	defer func() { forget() }()
+	publish := func() (*Reply, error) {
+		// Publishing (which waits for the connection during an outage) is bounded by the
+		// call's timeout too, not only by ctx.
+		pctx, cancelPublish := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); !ok || dl.After(start.Add(timeout)) {
+			pctx, cancelPublish = context.WithDeadline(ctx, start.Add(timeout))
+		}
+		defer cancelPublish()
+		msg.SetContext(pctx)
+		var err error
+		if unconfirmed {
+			lost, forget, err = up.PublishUnconfirmed(queue, msg, cl.unroutable)
+			if err != nil {
+				forget = func() {}
+			}
+		} else {
+			err = c.cfg.Publisher.Publish(queue, msg)
+		}
 		switch {
+		case err == nil:
+			return nil, nil
 		case errors.Is(err, ErrUnroutable):
 			return fail(OutcomeUnroutable, ErrUnroutable)
 		case ctx.Err() != nil:
@@ -448,10 +501,13 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 		}
 		return fail(OutcomeError, fmt.Errorf("publish: %w", err))
 	}
-	cancelPublish()
+	if _, err := publish(); err != nil {
+		return nil, err
+	}
 
 	var next int64                        // the stream sequence to deliver next
 	var parked map[int64]*message.Message // stream messages that came early
+	replied := false                      // a reply message arrived
 	for {
 		select {
 		case <-ctx.Done():
@@ -460,9 +516,26 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 			return fail(OutcomeCanceled, ErrClosed)
 		case <-timer.C:
 			return timedOut()
+		case <-lost:
+			// The channel the request was written on closed. Unless a reply shows it
+			// arrived, publish it again (the server may then run it twice).
+			lost = nil
+			if replied || cl.queued() {
+				continue
+			}
+			forget()
+			forget = func() {}
+			if _, err := publish(); err != nil {
+				return nil, err
+			}
+			continue
 		case <-cl.notify:
 		}
+		if cl.returned() {
+			return fail(OutcomeUnroutable, ErrUnroutable)
+		}
 		for _, m := range cl.take() {
+			replied = true
 			mms, err := wire.MMSFromMetadata(m.Metadata)
 			if err != nil {
 				return fail(OutcomeError, fmt.Errorf("%w: %w", ErrProtocol, err))

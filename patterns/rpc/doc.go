@@ -39,7 +39,11 @@
 // __mms.eat. Replies come back on q.replyQueue.<service>.<instanceId> (exclusive,
 // consumed without acks by one handler, HandleReply) and are dispatched by
 // correlationId; replies nobody waits for (late, or after a cancel) are dropped and
-// counted. Streamed replies are delivered in sequence order (early ones are buffered)
+// counted. With a publisher that has PublishUnconfirmed (rabbitmq.Publisher), requests
+// are published without broker confirms: the reply shows a request arrived, its return
+// fails the call at once with ErrUnroutable, and if the publishing channel closes before
+// any reply came the request is published again (a server may then run it twice, as
+// after a lost confirm). Streamed replies are delivered in sequence order (early ones are buffered)
 // through OnChunk or the Stream iterator, and each chunk re-arms the timeout.
 //
 // Errors: ErrUnroutable, ErrTimeout (which also matches context.DeadlineExceeded), the

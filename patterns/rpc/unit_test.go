@@ -554,3 +554,74 @@ func TestGoChannelRoundTrip(t *testing.T) {
 		t.Errorf("reply %s (%v)", rep.Body, err)
 	}
 }
+
+// unconfirmed is a recorder that also publishes without confirms, like rabbitmq.Publisher:
+// lose makes the next publish report its channel lost at once, ret makes it return.
+type unconfirmed struct {
+	recorder
+	lose, ret int // how many of the next publishes are lost / returned
+	forgotten int
+}
+
+func (u *unconfirmed) PublishUnconfirmed(topic string, msg *message.Message, onReturn func()) (<-chan struct{}, func(), error) {
+	u.mu.Lock()
+	lose, ret := u.lose > 0, u.lose == 0 && u.ret > 0
+	if lose {
+		u.lose--
+	} else if ret {
+		u.ret--
+	}
+	u.mu.Unlock()
+	lost := make(chan struct{})
+	forget := func() { u.mu.Lock(); u.forgotten++; u.mu.Unlock() }
+	switch {
+	case lose: // written on a channel that died: nothing reaches the "server"
+		u.mu.Lock()
+		u.sent = append(u.sent, sent{topic, msg})
+		u.mu.Unlock()
+		close(lost)
+	case ret:
+		u.mu.Lock()
+		u.sent = append(u.sent, sent{topic, msg})
+		u.mu.Unlock()
+		go onReturn()
+	default:
+		if err := u.Publish(topic, msg); err != nil {
+			return nil, nil, err
+		}
+	}
+	return lost, forget, nil
+}
+
+func TestClientUnconfirmedPublisher(t *testing.T) {
+	pub := &unconfirmed{lose: 1}
+	c := newTestClient(t, pub, nil)
+	pub.hook = func(topic string, m *message.Message) {
+		go c.HandleReply(reply(m, `{"ok":true}`, wire.MMS{IsEnd: true, Sequence: ptr(int64(0))}))
+	}
+	// The first publish is lost with its channel: the request goes out again.
+	r, err := c.Request(context.Background(), "svc", "echo", nil, WithTimeout(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(r.Body) != `{"ok":true}` {
+		t.Errorf("reply %s", r.Body)
+	}
+	if n := len(pub.all()); n != 2 {
+		t.Errorf("%d publishes, want 2 (the lost one again)", n)
+	}
+	// A returned request fails at once with ErrUnroutable.
+	pub.ret = 1
+	start := time.Now()
+	if _, err := c.Request(context.Background(), "svc", "nobody", nil, WithTimeout(5*time.Second)); !errors.Is(err, ErrUnroutable) {
+		t.Fatalf("err = %v, want ErrUnroutable", err)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("unroutable took %v", d)
+	}
+	pub.mu.Lock()
+	defer pub.mu.Unlock()
+	if pub.forgotten != 3 {
+		t.Errorf("forget called %d times, want 3 (once per publish: the lost one, its retry, the returned one)", pub.forgotten)
+	}
+}
