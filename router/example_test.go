@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 
+	"github.com/micromessaging/micromessaging/middleware/qos"
 	"github.com/micromessaging/micromessaging/patterns/rpc"
 	"github.com/micromessaging/micromessaging/router"
 )
@@ -39,4 +40,26 @@ func Example() {
 		log.Fatal(err)
 	}
 	fmt.Println(string(reply.Body)) // {"im":"fine"}
+}
+
+// QoS is on by default; Config.QoS tunes it and Config.DisableQoS turns it off.
+func Example_qos() {
+	svc, err := router.New("worker", router.Config{
+		QoS: qos.Config{
+			MaxInFlight: 200,                                                   // adaptive ceiling (default 1000)
+			Routes:      map[string]qos.RouteLimit{"resize": {MaxInFlight: 4}}, // route "resize": 4 at once
+			OnPressure:  func(tr qos.Transition) { log.Printf("pressure: %v (%v)", tr.To, tr.Reasons) },
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer svc.Close()
+	log.Printf("QoS state %v, limit %d", svc.QoS().State(), svc.QoS().Limit())
+
+	plain, err := router.New("plain", router.Config{DisableQoS: true}) // svc.QoS() == nil
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer plain.Close()
 }

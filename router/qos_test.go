@@ -333,3 +333,64 @@ func deleteTaskQueues(t *testing.T, url, service, route string) {
 		}
 	}
 }
+
+// TestQoSCloseWhileStopped: a Service closes promptly while its intake is stopped, and
+// the request that waited is not lost: it stays in its queue or, when the limiter's
+// end (which resumes the subscriber it paused) lets it in before the limiter closes,
+// it is served.
+func TestQoSCloseWhileStopped(t *testing.T) {
+	url := testbroker.URL(t)
+	name := testbroker.Name("router-qos-close")
+	cleanupQueues(t, url, name, "echo")
+	const mib = 1 << 20
+	sig := &memSignals{}
+	sig.used.Store(200 * mib) // stopped from the first sample
+	server, err := router.New(name, router.Config{URL: url, QoS: qos.Config{
+		MemorySoftLimit: 50 * mib, MemoryHardLimit: 100 * mib, Signals: sig, SampleInterval: 50 * time.Millisecond,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	var served atomic.Int32
+	if err := server.Handle("echo", func(ctx context.Context, req *rpc.Request) (any, error) {
+		served.Add(1)
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := server.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "intake to stop", func() bool { return server.QoS().State() == qos.Stopped })
+	ch := rawChannel(t, url)
+	q := wire.RequestQueue(name, "echo")
+	pub := rawChannel(t, url)
+	if err := pub.PublishWithContext(ctx, "", q, true, false, amqp.Publishing{Body: []byte(`"hi"`)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the request to wait in its queue", func() bool {
+		st, err := ch.QueueDeclarePassive(q, true, false, false, false, wire.RequestQueueArgs())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Messages == 1 && st.Consumers == 0
+	})
+	start := time.Now()
+	if err := server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("Close took %v", d)
+	}
+	st, err := ch.QueueDeclarePassive(q, true, false, false, false, wire.RequestQueueArgs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after Close: %d messages, %d served", st.Messages, served.Load())
+	if st.Messages+int(served.Load()) != 1 || st.Consumers != 0 {
+		t.Errorf("after Close: %d messages, %d consumers, %d served", st.Messages, st.Consumers, served.Load())
+	}
+}

@@ -1,14 +1,16 @@
-// Command qos runs a Watermill router whose handler consumes a RabbitMQ queue behind the
-// QoS middleware (middleware/qos), with the limiter attached to the subscriber for
-// back-pressure, and serves Prometheus metrics (micromessaging_qos_*, Go runtime) on a
-// loopback address until SIGINT.
+// Command qos runs a service whose task handler works through a queue behind the QoS
+// limiter that every router.Service has by default (package middleware/qos; the
+// Service attaches it to its request subscriber for back-pressure), logs its pressure
+// and release transitions, and serves Prometheus metrics (micromessaging_qos_*, the
+// Service's rabbitmq and rpc metrics, Go runtime) on a loopback address until SIGINT.
 //
 //	go run ./examples/qos -metrics 127.0.0.1:9464 -publish 5000 -work 20ms -hold-mb 2
 //	curl -s 127.0.0.1:9464/metrics | grep micromessaging_qos_
 //
-// -publish puts messages in the queue at start so that there is something to limit;
-// each message holds -hold-mb MiB for -work. Run it with GOMEMLIMIT set (for example
-// GOMEMLIMIT=200MiB) to watch the limiter shrink, stop intake and resume.
+// -publish sends that many tasks to the service's route "work" at start so that there
+// is something to limit; each task holds -hold-mb MiB for -work. Run it with GOMEMLIMIT
+// set (for example GOMEMLIMIT=200MiB) to watch the limiter shrink, stop intake (the
+// tasks wait in q.requests.<service>.work) and resume.
 package main
 
 import (
@@ -30,11 +32,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	amqp "github.com/rabbitmq/amqp091-go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/micromessaging/micromessaging/middleware/qos"
-	"github.com/micromessaging/micromessaging/rabbitmq"
+	"github.com/micromessaging/micromessaging/router"
 )
 
 func main() {
@@ -48,11 +49,11 @@ func run() error {
 	var (
 		metricsAddr = flag.String("metrics", "127.0.0.1:9464", "loopback address for /metrics")
 		url         = flag.String("url", "", "AMQP URL (default $RABBIT_URI or the local broker)")
-		queue       = flag.String("queue", "qos-example", "queue to consume (durable, declared if missing)")
-		prefetch    = flag.Int("prefetch", 100, "subscriber prefetch")
-		publish     = flag.Int("publish", 0, "messages to put in the queue at start")
-		work        = flag.Duration("work", 10*time.Millisecond, "time each message takes")
-		holdMB      = flag.Int("hold-mb", 0, "MiB each message holds while it is handled")
+		service     = flag.String("service", "qos-example", "service name (tasks go to q.requests.<service>.work)")
+		prefetch    = flag.Int("prefetch", 100, "request subscriber prefetch")
+		publish     = flag.Int("publish", 0, "tasks to send at start")
+		work        = flag.Duration("work", 10*time.Millisecond, "time each task takes")
+		holdMB      = flag.Int("hold-mb", 0, "MiB each task holds while it is handled")
 	)
 	flag.Parse()
 	if err := loopback(*metricsAddr); err != nil {
@@ -66,48 +67,23 @@ func run() error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	conn, err := rabbitmq.NewConnection(rabbitmq.ConnectionConfig{URL: *url, Name: "qos-example", Logger: logger, Registerer: reg})
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if err := conn.Connect(ctx); err != nil {
-		return err
-	}
-	if *publish > 0 {
-		if err := fill(ctx, conn, *queue, *publish); err != nil {
-			return err
-		}
-	}
-	sub, err := rabbitmq.NewSubscriber(conn, rabbitmq.SubscriberConfig{Prefetch: *prefetch, Logger: logger, Registerer: reg})
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
-
-	limiter, err := qos.New(qos.Config{
-		Prefetch:   *prefetch,
-		Registerer: reg,
-		Logger:     logger,
-		OnPressure: func(tr qos.Transition) {
-			slog.Warn("under pressure", "state", tr.To.String(), "reasons", tr.Reasons.String(), "limit", tr.Limit)
-		},
-		OnRelease: func(tr qos.Transition) {
-			slog.Info("pressure released", "state", tr.To.String(), "limit", tr.Limit)
+	svc, err := router.New(*service, router.Config{
+		URL: *url, Prefetch: *prefetch, Registerer: reg, Logger: logger,
+		// The zero qos.Config is the default adaptive limiter; only the hooks are set.
+		QoS: qos.Config{
+			OnPressure: func(tr qos.Transition) {
+				slog.Warn("under pressure", "state", tr.To.String(), "reasons", tr.Reasons.String(), "limit", tr.Limit)
+			},
+			OnRelease: func(tr qos.Transition) {
+				slog.Info("pressure released", "state", tr.To.String(), "limit", tr.Limit)
+			},
 		},
 	})
 	if err != nil {
 		return err
 	}
-	defer limiter.Close()
-	limiter.Attach(sub, "")
-
-	router, err := message.NewRouter(message.RouterConfig{}, logger)
-	if err != nil {
-		return err
-	}
-	router.AddMiddleware(limiter.Middleware)
-	router.AddConsumerHandler("work", *queue, sub, func(msg *message.Message) error {
+	defer svc.Close()
+	if err := svc.HandleTask("work", func(msg *message.Message) error {
 		var b []byte
 		if *holdMB > 0 {
 			b = make([]byte, *holdMB<<20)
@@ -120,9 +96,14 @@ func run() error {
 		case <-msg.Context().Done():
 			return msg.Context().Err()
 		}
-		runtime.KeepAlive(b) // held until the message is done
+		runtime.KeepAlive(b) // held until the task is done
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	if err := svc.Connect(ctx); err != nil { // the route's queue exists once this returns
+		return err
+	}
 
 	srv := &http.Server{
 		Addr:              *metricsAddr,
@@ -130,8 +111,8 @@ func run() error {
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return limiter.Run(gctx) })
-	g.Go(func() error { return router.Run(gctx) })
+	g.Go(func() error { return svc.Run(gctx) })
+	g.Go(func() error { return fill(gctx, svc, *publish) })
 	g.Go(func() error {
 		slog.Info("serving metrics", "url", "http://"+*metricsAddr+"/metrics")
 		if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
@@ -167,33 +148,22 @@ func loopback(addr string) error {
 	return nil
 }
 
-// fill declares the queue and publishes n small messages on a raw channel of conn.
-func fill(ctx context.Context, conn *rabbitmq.Connection, queue string, n int) error {
-	ch, err := conn.Channel(ctx)
-	if err != nil {
-		return err
+// fill sends n tasks to the service's own route "work", 16 at a time (each Task waits
+// for the broker's confirm).
+func fill(ctx context.Context, svc *router.Service, n int) error {
+	if n <= 0 {
+		return nil
 	}
-	defer ch.Close()
-	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
-		return err
-	}
-	if err := ch.Confirm(false); err != nil {
-		return err
-	}
-	for i := 0; i < n; i++ {
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp.Publishing{
-			ContentType: "application/json", Body: []byte(fmt.Sprintf(`{"i":%d}`, i)),
-			Headers: amqp.Table{"__mms": amqp.Table{}},
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i := range n {
+		g.Go(func() error {
+			return svc.Task(gctx, svc.Name(), "work", map[string]int{"i": i}, nil)
 		})
-		if err != nil {
-			return err
-		}
-		if i == n-1 {
-			if ok, err := dc.WaitContext(ctx); err != nil || !ok {
-				return fmt.Errorf("publish not confirmed: %v", err)
-			}
-		}
 	}
-	slog.Info("queue filled", "queue", queue, "messages", n)
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("send tasks: %w", err)
+	}
+	slog.Info("tasks sent", "service", svc.Name(), "route", "work", "tasks", n)
 	return nil
 }
