@@ -67,8 +67,8 @@ func peerLoad(s *router.Service, id string) (router.QoSLoad, bool) {
 }
 
 // TestQoSOnByDefault: a Service has a limiter without any configuration; it counts the
-// RPC handler that runs (in-flight gauge), and another instance sees it in the load of
-// the heartbeats.
+// RPC handler that runs (in-flight gauge), another instance sees it in the load of the
+// heartbeats (Peers), and another service in its Status.
 func TestQoSOnByDefault(t *testing.T) {
 	url := testbroker.URL(t)
 	name := testbroker.Name("router-qos")
@@ -124,6 +124,25 @@ func TestQoSOnByDefault(t *testing.T) {
 		l, ok := peerLoad(b, a.ID())
 		return ok && l.InFlight == 1 && l.State == "normal" && l.Limit > 0
 	})
+	// Another service reads it with Status.
+	other := newService(t, url, testbroker.Name("router-qos-other"), router.Config{DisableQoS: true})
+	if err := other.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := other.Status(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen bool
+	for _, m := range st.Members {
+		var l router.QoSLoad
+		if m.ID == a.ID() && json.Unmarshal(m.Load, &l) == nil {
+			seen = l.InFlight == 1 && l.State == "normal"
+		}
+	}
+	if !seen {
+		t.Errorf("Status of %s from another service lacks a's load: %+v", name, st.Members)
+	}
 	close(release)
 	if err := <-replied; err != nil {
 		t.Fatal(err)
