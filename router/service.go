@@ -198,6 +198,11 @@ func New(service string, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	if s.qos != nil {
+		defer func() {
+			if err != nil { // take the limiter out of the metrics
+				s.qos.Close()
+			}
+		}()
 		s.qos.Attach(s.t.requestSub, "") // RPC and task routes share it
 		if cfg.Load == nil {
 			cfg.Load = s.qosLoad
