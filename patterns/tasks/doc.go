@@ -62,8 +62,21 @@
 // the original delivery is acked only after the broker confirmed the copy, so no task
 // is lost between the two steps (a crash there duplicates it). If the copy cannot be
 // published (connection lost, queue declared with other arguments), the delivery is
-// nacked after a pause and the broker keeps it. The worker declares the retry and dead
-// queues of a route before its first copy (through WorkerConfig.Channels).
+// nacked after a pause of up to 5 s and the broker keeps it: the task runs again at the
+// same attempt, at most once per pause, for as long as the copy cannot be published.
+// If the delivery's channel is lost while the handler runs (msg.Context() ends), a
+// failure publishes no copy: the broker redelivers the original, and that attempt does
+// not count. The worker declares the retry and dead queues of a route before its first
+// copy (through WorkerConfig.Channels).
+//
+// A retry copy waits in its retry queue, then the broker dead-letters it to the request
+// queue; if the request queue no longer exists then (deleted, or expired after 24 h
+// without a consumer), the broker drops the copy. So delete a request queue only when
+// its retry queues are empty. The retry and dead queues have no x-expires: they stay
+// until deleted. Lowering MaxAttempts leaves the retry queues of the higher attempt
+// numbers in place (copies in them still come back, and then count against the new
+// MaxAttempts); delete them once empty with `rabbitmqctl delete_queue
+// q.retry.<service>.<route>.<n>`.
 //
 // Handlers read the attempt number with Attempt(msg). People inspect dead letters in
 // the management UI (Queues > q.dead.<service>.<route> > Get messages) or with

@@ -12,7 +12,7 @@ const (
 	OutcomeSuccess    = "success"     // the handler returned nil; acked
 	OutcomeRetry      = "retry"       // failed; a copy went to the retry queue; acked
 	OutcomeDeadLetter = "dead_letter" // failed the last attempt; a copy went to the dead-letter queue; acked
-	OutcomeRequeue    = "requeue"     // failed, and the copy could not be published: nacked, the broker keeps it
+	OutcomeRequeue    = "requeue"     // failed, and the copy could not be published, or the delivery was cancelled (channel lost): nacked, the broker keeps it
 )
 
 // Reasons of a failed attempt (label "reason" of micromessaging_tasks_failures_total).
@@ -46,7 +46,7 @@ func newWorkerMetrics(reg prometheus.Registerer) *workerMetrics {
 		}, []string{"route", "outcome"})),
 		seconds: register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "micromessaging", Subsystem: "tasks", Name: "handling_seconds",
-			Help:    "Time from delivery to ack or nack of a task, by route and outcome.",
+			Help:    "Time the worker spent on a task delivery (the handler, then the retry or dead-letter copy), by route and outcome.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 60, 300, 1800},
 		}, []string{"route", "outcome"})),
 		retries: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -129,10 +129,10 @@ func (c WorkerConfig) Validate() error {
 	if c.MaxBackoff > time.Duration(math.MaxUint32)*time.Millisecond {
 		errs = append(errs, fmt.Errorf("tasks: WorkerConfig.MaxBackoff %v: over the broker's expiration limit", c.MaxBackoff))
 	}
-	if c.Multiplier < 1 {
+	if !(c.Multiplier >= 1) { // also NaN
 		errs = append(errs, fmt.Errorf("tasks: WorkerConfig.Multiplier %v: want >= 1", c.Multiplier))
 	}
-	if c.Jitter < 0 || c.Jitter >= 1 {
+	if !(c.Jitter >= 0 && c.Jitter < 1) { // also NaN
 		errs = append(errs, fmt.Errorf("tasks: WorkerConfig.Jitter %v: want 0 <= Jitter < 1", c.Jitter))
 	}
 	if c.MaxDuration < 0 {
@@ -218,7 +218,10 @@ func (w *Worker) jittered(d time.Duration) time.Duration {
 // attempt to DeadQueue(service, route); only once the broker confirmed the copy is the
 // original acked, so a crash in between can duplicate a task but never lose it. If the
 // copy cannot be published the original is nacked after a pause of up to 5 s (the
-// broker keeps it) and the wrapped handler returns the error.
+// broker keeps it) and the wrapped handler returns the error. When the delivery's own
+// ctx (msg.Context()) ends while fn runs, that is when its channel was lost, the
+// failure publishes no copy: the original is nacked (the broker redelivers it anyway)
+// and the attempt does not count.
 func (w *Worker) Handler(route string, fn message.NoPublishHandlerFunc) message.NoPublishHandlerFunc {
 	m := w.metrics
 	for _, o := range []string{OutcomeSuccess, OutcomeRetry, OutcomeDeadLetter, OutcomeRequeue} {
@@ -232,7 +235,17 @@ func (w *Worker) Handler(route string, fn message.NoPublishHandlerFunc) message.
 		reason, ferr := w.run(route, msg, fn)
 		outcome := OutcomeSuccess
 		var err error
-		if ferr != nil {
+		switch {
+		case ferr == nil:
+		case msg.Context().Err() != nil:
+			// The delivery itself was cancelled (its channel was lost, or the subscriber
+			// gave up on it at close): the broker redelivers it, so a retry copy would
+			// duplicate the task and burn an attempt. Nack it; the attempt does not count.
+			outcome = OutcomeRequeue
+			err = fmt.Errorf("tasks: delivery of %s cancelled during attempt %d: %w", route, attempt, ferr)
+			w.logger.Info("Task delivery cancelled while it ran; the broker redelivers it",
+				watermill.LogFields{"route": route, "message_uuid": msg.UUID, "attempt": attempt, "error": ferr.Error()})
+		default:
 			m.failures.WithLabelValues(route, reason).Inc()
 			outcome, err = w.fail(route, msg, attempt, ferr)
 		}

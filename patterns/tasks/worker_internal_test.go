@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -96,6 +97,14 @@ func delivery(attempt string) *message.Message {
 func TestWorkerConfigValidate(t *testing.T) {
 	err := WorkerConfig{MaxAttempts: -1, Multiplier: 0.5, Jitter: 1, InitialBackoff: time.Second, MaxBackoff: time.Millisecond}.Validate()
 	for _, want := range []string{"Service", "Publisher", "Channels", "MaxAttempts", "Multiplier", "Jitter", "MaxBackoff"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want a complaint about %s", err, want)
+		}
+	}
+	nan := math.NaN()
+	err = WorkerConfig{Service: "s", Publisher: &recorder{}, Channels: noChannels{}, MaxAttempts: 1, Multiplier: nan, Jitter: nan,
+		InitialBackoff: time.Second, MaxBackoff: time.Second, MaxDuration: time.Second, CloseTimeout: time.Second}.Validate()
+	for _, want := range []string{"Multiplier NaN", "Jitter NaN"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want a complaint about %s", err, want)
 		}
@@ -333,5 +342,50 @@ func BenchmarkHandlerSuccess(b *testing.B) {
 		if err := h(msg); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestHandlerDeliveryCancelled: when the delivery's ctx ends while the handler runs (the
+// subscriber lost its channel, so the broker redelivers the task), a failure publishes no
+// retry copy (it would duplicate the task and burn an attempt): the delivery is nacked.
+func TestHandlerDeliveryCancelled(t *testing.T) {
+	pub := &recorder{}
+	w := newTestWorker(t, pub, nil, nil)
+	for name, fn := range map[string]func(cancel context.CancelFunc) message.NoPublishHandlerFunc{
+		"honours ctx": func(cancel context.CancelFunc) message.NoPublishHandlerFunc {
+			return func(msg *message.Message) error { cancel(); <-msg.Context().Done(); return msg.Context().Err() }
+		},
+		"own error": func(cancel context.CancelFunc) message.NoPublishHandlerFunc {
+			return func(*message.Message) error { cancel(); return errors.New("db down") }
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			msg := delivery("2")
+			msg.SetContext(ctx)
+			if err := w.Handler("work", fn(cancel))(msg); err == nil {
+				t.Fatal("a cancelled delivery that failed must be nacked")
+			}
+			pub.mu.Lock()
+			n := len(pub.sent)
+			pub.mu.Unlock()
+			if n != 0 {
+				t.Fatalf("published %d copies of a cancelled delivery, want none (the broker redelivers it)", n)
+			}
+		})
+	}
+	if v := testutil.ToFloat64(w.metrics.handled.WithLabelValues("work", OutcomeRequeue)); v != 2 {
+		t.Errorf("handled{requeue} = %v, want 2", v)
+	}
+	if v := testutil.ToFloat64(w.metrics.retries.WithLabelValues("work")); v != 0 {
+		t.Errorf("retries = %v, want 0", v)
+	}
+	// A delivery that succeeds is acked even if its ctx ended meanwhile.
+	ctx, cancel := context.WithCancel(context.Background())
+	msg := delivery("")
+	msg.SetContext(ctx)
+	if err := w.Handler("work", func(*message.Message) error { cancel(); return nil })(msg); err != nil {
+		t.Errorf("success after cancel: %v", err)
 	}
 }
