@@ -26,6 +26,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/micromessaging/micromessaging/patterns/tasks"
 	"github.com/micromessaging/micromessaging/router"
 	"github.com/micromessaging/micromessaging/wire"
 )
@@ -90,17 +91,24 @@ func serve(url, name string, log watermill.LoggerAdapter) error {
 	if err := svc.Connect(ctx); err != nil {
 		return err
 	}
+	if err := waitLeader(ctx, svc); err != nil {
+		return err
+	}
 	line, _ := json.Marshal(map[string]any{"event": "ready", "service": name, "id": svc.ID(), "routes": st.Routes})
 	fmt.Println(string(line))
 	err = svc.Run(ctx)
-	deleteQueues(url, name, st.Routes)
+	deleteQueues(url, name, st.Routes, st.TaskRoutes)
 	return err
 }
 
-// deleteQueues deletes the request queues of routes when they are unused and empty, as
-// a Node service's close(true) does, so test runs leave no queues behind. (Left alone,
-// an unused request queue expires after 24 h: x-expires.)
-func deleteQueues(url, service string, routes []string) {
+// deleteQueues deletes the queues the service leaves behind, when they are unused and
+// empty, as a Node service's close(true) does, so test runs leave no queues behind (left
+// alone, an unused request queue expires after 24 h: x-expires; the retry and dead
+// queues of a task route never do). For a task route it deletes the empty retry and
+// dead queues first, and the request queue only when no retry queue still holds a copy
+// (which the broker would drop on its way back to a missing request queue). A queue in
+// use or not empty is kept.
+func deleteQueues(url, service string, routes, taskRoutes []string) {
 	if url == "" {
 		url = os.Getenv("RABBIT_URI")
 	}
@@ -109,15 +117,33 @@ func deleteQueues(url, service string, routes []string) {
 	}
 	conn, err := amqp.Dial(url)
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "interop: delete queues:", err)
 		return
 	}
 	defer conn.Close()
-	for _, route := range routes {
+	// del deletes queue if empty (and unused with unused); false when it is kept. A
+	// refusal closes the channel, so each delete gets a channel of its own.
+	del := func(queue string, unused bool) bool {
 		ch, err := conn.Channel()
 		if err != nil {
-			return
+			return false
 		}
-		ch.QueueDelete(wire.RequestQueue(service, route), true, true, false) // refused when in use: fine
-		ch.Close()
+		defer ch.Close()
+		_, err = ch.QueueDelete(queue, unused, true, false)
+		return err == nil
+	}
+	keep := map[string]bool{}
+	for _, route := range taskRoutes {
+		for n := 1; n < tasks.DefaultMaxAttempts; n++ {
+			if !del(tasks.RetryQueue(service, route, n), false) {
+				keep[route] = true
+			}
+		}
+		del(tasks.DeadQueue(service, route), false)
+	}
+	for _, route := range routes {
+		if !keep[route] {
+			del(wire.RequestQueue(service, route), true)
+		}
 	}
 }

@@ -12,8 +12,9 @@ import (
 // State is what the contract's routes share: the task count of `work` (read by
 // `workCount`). Files that need more shared state keep it in variables of their own.
 type State struct {
-	Work   atomic.Int64
-	Routes []string // registered routes, for the ready line
+	Work       atomic.Int64
+	Routes     []string // registered routes (RPC and task), for the ready line
+	TaskRoutes []string // the task routes among them, whose retry and dead queues serve deletes at exit
 }
 
 // setups register routes and listens on the service before it connects. Files of this

@@ -11,8 +11,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"strings"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -39,6 +37,7 @@ func tasksAndEvents(svc *router.Service, st *State) error {
 		return err
 	}
 	st.Routes = append(st.Routes, "work")
+	st.TaskRoutes = append(st.TaskRoutes, "work")
 
 	// events: listen on interop.evt.* (a queue of this instance), answer the list.
 	var mu sync.Mutex
@@ -59,23 +58,4 @@ func tasksAndEvents(svc *router.Service, st *State) error {
 		defer mu.Unlock()
 		return append([]heardEvent{}, heard...), nil
 	})
-}
-
-// urlFromArgs returns serve's -url flag ("" when absent: the transport then uses
-// $RABBIT_URI or the local broker). State does not carry the URL; status.go uses it.
-func urlFromArgs() string {
-	args := os.Args[1:]
-	for i, a := range args {
-		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") || name != "url" {
-			continue
-		}
-		if hasValue {
-			return value
-		}
-		if i+1 < len(args) {
-			return args[i+1]
-		}
-	}
-	return ""
 }
