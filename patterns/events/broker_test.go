@@ -430,3 +430,35 @@ func TestNodeWireFormat(t *testing.T) {
 		t.Fatal("the Node-style listener got nothing")
 	}
 }
+
+// TestDurableListenNewPattern: a durable listen started again under the same name with
+// another pattern binds the new key, and the binding of the earlier run stays (as the
+// package doc says): the queue gets the events of both.
+func TestDurableListenNewPattern(t *testing.T) {
+	service := testbroker.Name("evsvc")
+	target := testbroker.Name("repat")
+	name := testbroker.Name("orders")
+	t.Cleanup(func() { deleteQueue(t, events.DurableQueue(service, name)) })
+
+	first := newInstance(t, service)
+	l, err := first.bus.Listen(target, "old", newCollector().handle, events.Durable(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitListening(t, l)
+	first.stop()
+
+	second := newInstance(t, service)
+	c := newCollector()
+	l, err = second.bus.Listen(target, "new", c.handle, events.Durable(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitListening(t, l)
+	emit(t, second, target, "new", 1)
+	emit(t, second, target, "old", 2)
+	emit(t, second, target, "other", 3)
+	if got := strings.Join(c.waitN(t, 2), " "); got != target+".new "+target+".old" {
+		t.Errorf("heard %s, want the new pattern's event and the old binding's", got)
+	}
+}

@@ -10,8 +10,8 @@
 // # Emitting
 //
 // Bus.Emit publishes to x.pubSub with routing key <target>.<route>, not mandatory,
-// __mms an empty table, user headers only (no idRequest), and returns once the broker
-// confirmed it. Events that match no bound queue are dropped by the broker, as with
+// __mms an empty table, user headers only (no idRequest), transient unless
+// Config.Persistent, and returns once the broker confirmed it. Events that match no bound queue are dropped by the broker, as with
 // Node. The publisher must publish to x.pubSub with confirms:
 //
 //	pub, _ := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{
@@ -46,7 +46,11 @@
 //
 // A listener added while the Router runs is started by Config.StartHandlers (default:
 // Router.RunHandlers(context.Background()), so stop such a Router with Close, or pass a
-// StartHandlers that uses the ctx given to Router.Run).
+// StartHandlers that uses the ctx given to Router.Run). Listen then returns once the
+// queue is declared and bound: during a connection outage it blocks until the
+// connection is back, and Watermill's Router holds its handler lock meanwhile, so
+// handlers added to that Router at the same time wait too. Where that matters, listen
+// before the Router runs, or call Listen from a goroutine of your own.
 //
 // Listening twice to the same target and pattern on one Bus fails with
 // ErrDuplicateListen. Listener.Stop stops a listener (its handler ends and its queue
@@ -55,7 +59,9 @@
 // want to keep.
 //
 // A handler error or panic is logged and the event dropped (acked): events are not
-// retried. Use a task (package tasks) for work that must be retried. Do not give the
+// retried, as with Node. This is a choice: an event carries no attempt count and its
+// queue has no dead-letter queue, so a nacked event that fails every time would come
+// back forever. Use a task (package tasks) for work that must be retried. Do not give the
 // listen subscriber to a flow control that pauses with basic.cancel (middleware/qos):
 // cancelling the consumer of an auto-delete queue deletes the queue.
 //
@@ -68,10 +74,14 @@
 // (name "" means "<target>.<pattern>") bound with <target>.<pattern>. Events are kept
 // while the service is stopped or restarting, and the service's instances share them
 // as competing consumers: each event is handled by one instance of the service (not by
-// each). The queue and its binding stay until someone deletes them
-// (`rabbitmqctl delete_queue q.pubSub.<service>.durable.<name>`); listening with the
-// same name and another pattern adds a binding and keeps the old one. Node peers do not
-// see any difference.
+// each). They survive a broker restart only if emitted persistent (Config.Persistent;
+// Node emits transient events). The queue and its binding stay until someone deletes
+// them (`rabbitmqctl delete_queue q.pubSub.<service>.durable.<name>`). Listening with
+// the same name and another target or pattern binds the new key and keeps the old
+// binding (AMQP cannot list a queue's bindings, so the Bus cannot know which ones an
+// earlier run made): the queue then gets the events of both. Remove an old binding in
+// the management UI (Queues > the queue > Bindings > Unbind), or listen under a new
+// name and delete the old queue. Node peers do not see any difference.
 //
 // # Concurrency
 //

@@ -68,6 +68,14 @@ type Config struct {
 	// Router.RunHandlers with the ctx you gave Run to tie them to that ctx.
 	StartHandlers func() error
 
+	// Persistent makes Emit publish events persistent (deliveryMode 2), so that events
+	// waiting in a durable listen's queue (Durable) survive a broker restart. It costs a
+	// disk write per event and durable queue; queues of non-durable listens are not
+	// durable, so their events are never written. Node ignores deliveryMode. false
+	// means transient events, as Node emits them: a broker restart drops the events
+	// waiting in durable queues (the queues and their bindings stay).
+	Persistent bool
+
 	// Logger; nil means watermill.NopLogger.
 	Logger watermill.LoggerAdapter
 }
@@ -166,6 +174,9 @@ func (b *Bus) Emit(ctx context.Context, target, route string, body any, headers 
 	if err != nil {
 		return err
 	}
+	if b.cfg.Persistent {
+		msg.Metadata.Set(wire.MetaPersistent, "true")
+	}
 	key := wire.EventKey(target, route)
 	if err := b.cfg.Publisher.Publish(key, msg); err != nil {
 		return fmt.Errorf("events: emit %s: %w", key, err)
@@ -233,10 +244,13 @@ type listenOptions struct {
 // Durable makes the listen durable and shared: instead of an exclusive queue per listen
 // (events emitted while it is stopped are lost), it consumes the durable queue
 // DurableQueue(service, name), which survives restarts of the listener, of the
-// instance and of the broker, and whose events are shared among the service's
-// instances (competing consumers: each event is handled once per service, not once per
-// instance). name "" means "<target>.<pattern>". Not part of the Node protocol; Node
-// peers emitting the events are unaffected.
+// instance and of the broker (the events waiting in it survive a broker restart only
+// when they were emitted persistent: Config.Persistent), and whose events are shared
+// among the service's instances (competing consumers: each event is handled once per
+// service, not once per instance). name "" means "<target>.<pattern>". The queue is
+// bound with <target>.<pattern> at every start; a binding made earlier with another
+// pattern stays (see the package doc). Not part of the Node protocol; Node peers
+// emitting the events are unaffected.
 func Durable(name string) ListenOption {
 	return func(o *listenOptions) { o.durable, o.durableName = true, name }
 }
@@ -253,9 +267,10 @@ func DurableQueue(service, name string) string {
 //
 // h's ctx is msg.Context(). An event whose handler returns an error or panics is
 // logged and dropped (acked): events are not retried; use a task for work that must be.
-// On a running Router, Listen returns once the subscriber declared and bound the queue
-// (waiting through a connection outage); if the Router is not running yet, the listener
-// starts when it does (see Listener.Started).
+// On a running Router, Listen returns once the subscriber declared and bound the queue:
+// during a connection outage it blocks until the connection is back (or the subscriber
+// or Router closes). If the Router is not running yet, the listener starts when it does
+// (see Listener.Started).
 func (b *Bus) Listen(target, pattern string, h message.NoPublishHandlerFunc, opts ...ListenOption) (*Listener, error) {
 	if b.cfg.Subscriber == nil {
 		return nil, ErrNoSubscriber
@@ -317,7 +332,8 @@ func (b *Bus) release(l *Listener, queue string) {
 	delete(b.queues, queue)
 }
 
-// Close stops every running listener (waiting up to 30 s for their handlers to stop)
+// Close stops every running listener (waiting up to 30 s in all until their handlers
+// take no more events; events already in a handler finish on the Router's goroutines)
 // and makes later Listen and Start calls fail with ErrClosed. It does not close the
 // Router, the Publisher or the Subscriber. Emit keeps working. Close is idempotent.
 func (b *Bus) Close() error {

@@ -72,8 +72,21 @@ func TestEmitOnTheWire(t *testing.T) {
 	if len(p.Headers) != 2 || p.Headers["h"] != "v" {
 		t.Errorf("headers %v: want user headers and __mms only", p.Headers)
 	}
-	if string(p.Body) != `{"id":7}` || p.ContentType != "application/json" || p.CorrelationId != "" || p.ReplyTo != "" {
-		t.Errorf("publishing %+v", p)
+	if string(p.Body) != `{"id":7}` || p.ContentType != "application/json" || p.CorrelationId != "" || p.ReplyTo != "" ||
+		p.DeliveryMode == amqp.Persistent {
+		t.Errorf("publishing %+v: want a transient event, as Node emits it", p)
+	}
+	// Config.Persistent: deliveryMode 2, nothing else changes.
+	persistent, _ := New(Config{Service: "svc", Publisher: pub, Persistent: true})
+	if err := persistent.Emit(context.Background(), "interop", "evt.created", map[string]int{"id": 7}, map[string]string{"h": "v"}); err != nil {
+		t.Fatal(err)
+	}
+	pp, err := wire.Codec{}.Marshal(pub.msgs[len(pub.msgs)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pp.DeliveryMode != amqp.Persistent || len(pp.Headers) != 2 || string(pp.Body) != `{"id":7}` {
+		t.Errorf("persistent event %+v", pp)
 	}
 
 	for _, tc := range []struct {
