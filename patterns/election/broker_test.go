@@ -5,6 +5,7 @@ package election
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -46,15 +47,17 @@ type instance struct {
 }
 
 type instanceConfig struct {
-	url, service, name string
-	interval, retry    time.Duration
-	onStepUp           func(StepUp)
+	url, service, name     string
+	interval, retry        time.Duration
+	backoffMin, backoffMax time.Duration // reconnect backoff; 0 = 50 ms and 500 ms
+	onStepUp               func(StepUp)
+	onStepDown             func(StepDown)
 }
 
 // newInstance connects and builds an instance; start runs it.
 func newInstance(ctx context.Context, c instanceConfig) (*instance, error) {
 	conn, err := rabbitmq.NewConnection(rabbitmq.ConnectionConfig{URL: c.url, Name: c.name,
-		BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
+		BackoffMin: cmp.Or(c.backoffMin, 50*time.Millisecond), BackoffMax: cmp.Or(c.backoffMax, 500*time.Millisecond)})
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +80,7 @@ func newInstance(ctx context.Context, c instanceConfig) (*instance, error) {
 		i.tracker, err = peerstatus.New(peerstatus.Config{Service: c.service, Publisher: i.pub, Subscriber: i.sub, Interval: c.interval})
 	}
 	if err == nil {
-		i.el, err = New(Config{Tracker: i.tracker, Locker: conn, RetryInterval: c.retry, OnStepUp: c.onStepUp})
+		i.el, err = New(Config{Tracker: i.tracker, Locker: conn, RetryInterval: c.retry, OnStepUp: c.onStepUp, OnStepDown: c.onStepDown})
 	}
 	if err != nil {
 		conn.Close()
