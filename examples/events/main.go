@@ -59,6 +59,7 @@ type node struct {
 	sub    *rabbitmq.Subscriber
 	router *message.Router
 	bus    *events.Bus
+	ran    chan error // Router.Run's result; nil until run
 }
 
 func newNode(ctx context.Context, url, service string) (*node, error) {
@@ -91,8 +92,18 @@ func newNode(ctx context.Context, url, service string) (*node, error) {
 	return n, err
 }
 
+// run runs the router on a goroutine that close joins.
+func (n *node) run() {
+	n.ran = make(chan error, 1)
+	go func() { n.ran <- n.router.Run(context.Background()) }()
+}
+
 func (n *node) close() error {
-	return errors.Join(n.bus.Close(), n.router.Close(), n.sub.Close(), n.pub.Close(), n.conn.Close())
+	errs := []error{n.bus.Close(), n.router.Close()}
+	if n.ran != nil {
+		errs = append(errs, <-n.ran)
+	}
+	return errors.Join(append(errs, n.sub.Close(), n.pub.Close(), n.conn.Close())...)
 }
 
 func demo(ctx context.Context, url string) error {
@@ -103,7 +114,11 @@ func demo(ctx context.Context, url string) error {
 	if err != nil {
 		return err
 	}
-	defer n.close()
+	defer func() {
+		if err := n.close(); err != nil {
+			log.Print(err)
+		}
+	}()
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -131,8 +146,18 @@ func demo(ctx context.Context, url string) error {
 	if err != nil {
 		return err
 	}
-	defer deleteQueue(n, events.DurableQueue(service, "billing")) // a demo: leave nothing behind
-	go func() { _ = n.router.Run(context.Background()) }()
+	// A demo leaves nothing behind (a real service keeps its durable queue): stop the
+	// listener first, or its consumer, cancelled by the deletion, would declare the
+	// queue again.
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := durable.Stop(ctx); err != nil {
+			log.Print(err)
+		}
+		deleteQueue(n, events.DurableQueue(service, "billing"))
+	}()
+	n.run()
 	for _, l := range []*events.Listener{created, all, durable} {
 		select {
 		case <-l.Started(): // its queue is declared and bound
@@ -187,7 +212,11 @@ func checkAgainst(ctx context.Context, url, target string) error {
 	if err != nil {
 		return err
 	}
-	defer n.close()
+	defer func() {
+		if err := n.close(); err != nil {
+			log.Print(err)
+		}
+	}()
 	if err := n.bus.Emit(ctx, "interop", "evt.created", map[string]int{"id": 7}, nil); err != nil {
 		return err
 	}

@@ -95,7 +95,11 @@ func demo(ctx context.Context, url string) error {
 	if err != nil {
 		return err
 	}
-	defer n.close()
+	defer func() {
+		if err := n.close(); err != nil {
+			log.Print(err)
+		}
+	}()
 	defer deleteQueues(n, service, route) // a demo: leave nothing behind
 
 	worker, err := tasks.NewWorker(tasks.WorkerConfig{
@@ -105,7 +109,11 @@ func demo(ctx context.Context, url string) error {
 	if err != nil {
 		return err
 	}
-	defer worker.Close()
+	defer func() {
+		if err := worker.Close(); err != nil {
+			log.Print(err)
+		}
+	}()
 
 	var mu sync.Mutex
 	fixed := false
@@ -141,8 +149,13 @@ func demo(ctx context.Context, url string) error {
 		return err
 	}
 	h := r.AddConsumerHandler("tasks."+route, worker.Topic(route), n.sub, worker.Handler(route, handler))
-	go func() { _ = r.Run(context.Background()) }()
-	defer r.Close()
+	ran := make(chan error, 1)
+	go func() { ran <- r.Run(context.Background()) }()
+	defer func() { // before the worker closes: stop taking tasks, then join Run
+		if err := errors.Join(r.Close(), <-ran); err != nil {
+			log.Print(err)
+		}
+	}()
 	select {
 	case <-h.Started(): // the request queue exists: tasks are routable
 	case <-ctx.Done():
@@ -156,6 +169,8 @@ func demo(ctx context.Context, url string) error {
 	}
 	if err := n.client.Task(ctx, service, "no-such-route", nil, nil); errors.Is(err, tasks.ErrUnroutable) {
 		fmt.Println("a task nobody serves fails at once:", err)
+	} else {
+		return fmt.Errorf("a task nobody serves: got %v, want ErrUnroutable", err)
 	}
 	for range 2 {
 		if err := wait(ctx, done); err != nil {

@@ -48,9 +48,10 @@
 // Router.RunHandlers(context.Background()), so stop such a Router with Close, or pass a
 // StartHandlers that uses the ctx given to Router.Run). Listen then returns once the
 // queue is declared and bound: during a connection outage it blocks until the
-// connection is back, and Watermill's Router holds its handler lock meanwhile, so
-// handlers added to that Router at the same time wait too. Where that matters, listen
-// before the Router runs, or call Listen from a goroutine of your own.
+// connection is back or the subscriber is closed, and Watermill's Router holds its
+// handler lock meanwhile, so handlers added to that Router and Router.Close wait too
+// (close the subscriber to end the wait). Where that matters, listen before the Router
+// runs, or call Listen from a goroutine of your own.
 //
 // Listening twice to the same target and pattern on one Bus fails with
 // ErrDuplicateListen. Listener.Stop stops a listener (its handler ends and its queue

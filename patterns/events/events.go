@@ -268,8 +268,8 @@ func DurableQueue(service, name string) string {
 // h's ctx is msg.Context(). An event whose handler returns an error or panics is
 // logged and dropped (acked): events are not retried; use a task for work that must be.
 // On a running Router, Listen returns once the subscriber declared and bound the queue:
-// during a connection outage it blocks until the connection is back (or the subscriber
-// or Router closes). If the Router is not running yet, the listener starts when it does
+// during a connection outage it blocks until the connection is back or the subscriber
+// is closed (Router.Close waits for it too). If the Router is not running yet, the listener starts when it does
 // (see Listener.Started).
 func (b *Bus) Listen(target, pattern string, h message.NoPublishHandlerFunc, opts ...ListenOption) (*Listener, error) {
 	if b.cfg.Subscriber == nil {
