@@ -75,7 +75,10 @@
 //
 // # Concurrency
 //
-// Server, Client and Request are safe for concurrent use. Neither Server nor Client
-// starts a goroutine: handlers run on the goroutines of the Watermill router, and a
-// call waits on the caller's goroutine (Stream and OnChunk deliver chunks there too).
+// Server, Client and Request are safe for concurrent use. Server handlers run on the
+// goroutines of the Watermill router. The reply handler added by Client.AddHandler
+// dispatches replies on one goroutine per reply subscription, started when the router
+// subscribes and ended when that subscription's channel closes; the Client starts no
+// other goroutine. A call waits on the caller's goroutine (Stream and OnChunk deliver
+// chunks there too).
 package rpc
