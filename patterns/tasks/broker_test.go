@@ -7,7 +7,10 @@ package tasks_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -479,4 +482,76 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[stri
 	}
 	t.Fatalf("no metric %s%v", name, labels)
 	return 0
+}
+
+// TestConnectionLostWhileHandling: the worker's connection drops while a handler runs.
+// The broker redelivers the task; the worker must not also publish a retry copy (that
+// would run the task twice and burn an attempt): the redelivery is attempt 1, and no
+// attempt 2 ever comes.
+func TestConnectionLostWhileHandling(t *testing.T) {
+	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+		t.Fatal("rabbitmqctl is needed to close the worker's connection from the broker side")
+	}
+	s := newService(t, func(c *tasks.WorkerConfig) { c.InitialBackoff = 100 * time.Millisecond })
+	c := newCalls()
+	running := make(chan struct{}, 1)
+	s.run(t, map[string]message.NoPublishHandlerFunc{"work": func(msg *message.Message) error {
+		c.record(msg)
+		if c.count() > 1 {
+			return nil
+		}
+		running <- struct{}{}
+		select { // a handler that honours its ctx
+		case <-msg.Context().Done():
+			return msg.Context().Err()
+		case <-time.After(wait):
+			return errors.New("the delivery's ctx did not end when its connection was lost")
+		}
+	}})
+	s.task(t, "work", nil, nil)
+	select {
+	case <-running:
+	case <-time.After(wait):
+		t.Fatal("the task never ran")
+	}
+	if n := closeConnection(t, "tasks-test "+s.name); n != 1 {
+		t.Fatalf("closed %d connections, want 1", n)
+	}
+	c.waitN(t, 2)
+	time.Sleep(2 * time.Second) // a retry copy would be back after 100 ms
+	c.mu.Lock()
+	attempts := append([]int(nil), c.attempts...)
+	c.mu.Unlock()
+	if len(attempts) != 2 || attempts[1] != 1 {
+		t.Errorf("attempts %v, want [1 1]: the redelivery only, with no retry copy", attempts)
+	}
+	if n := s.queueLen(t, tasks.RetryQueue(s.name, "work", 1)); n > 0 {
+		t.Errorf("the retry queue holds %d copies", n)
+	}
+	if v := metric(t, s.reg, "micromessaging_tasks_handled_total", map[string]string{"route": "work", "outcome": "requeue"}); v != 1 {
+		t.Errorf("handled{requeue} = %v, want 1", v)
+	}
+}
+
+// closeConnection closes, from the broker side, the connections whose client connection
+// name is name (only this test's), and returns how many.
+func closeConnection(t *testing.T, name string) int {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties").CombinedOutput()
+	if err != nil {
+		t.Fatalf("rabbitmqctl list_connections: %v: %s", err, out)
+	}
+	want := fmt.Sprintf(`{"connection_name","%s"}`, name)
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		pid, props, ok := strings.Cut(strings.TrimSpace(line), "\t")
+		if !ok || !strings.Contains(props, want) {
+			continue
+		}
+		if out, err := exec.Command("rabbitmqctl", "close_connection", pid, "tasks test: connection lost").CombinedOutput(); err != nil {
+			t.Fatalf("rabbitmqctl close_connection: %v: %s", err, out)
+		}
+		n++
+	}
+	return n
 }
