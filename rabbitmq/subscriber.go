@@ -218,7 +218,9 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		ss.acks.close(false)
+		if ss.acks != nil { // nil with NoAck
+			ss.acks.close(false)
+		}
 		_ = ss.ch.Close()
 		return nil, ErrClosed
 	}
