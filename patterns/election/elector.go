@@ -192,7 +192,7 @@ type Elector struct {
 	maxTerm      uint64 // highest term held or heard of
 	leaderCtx    context.Context
 	leaderCancel context.CancelFunc
-	superseder   string
+	superseder   State // the leader in a higher term that made this one step down
 	lastAsk      time.Time
 	warned       map[string]bool // rival claims already logged
 	hurryUntil   time.Time       // retry ten times as often until then (the leader just left)
@@ -369,8 +369,10 @@ loop:
 		}
 	}
 	if lost != nil {
-		e.release(release)
+		// Step down first: no instance may take the lock while this one still says it
+		// leads.
 		e.stepDown(Stopped)
+		e.release(release)
 		bctx, bcancel := context.WithTimeout(context.Background(), releaseTimeout)
 		if err := e.tracker.Beat(bctx); err != nil {
 			e.logger.Info("Step-down not announced", watermill.LogFields{"error": err.Error()})
@@ -501,11 +503,11 @@ func (e *Elector) stepDown(reason Reason) {
 	e.isLeader.Store(false)
 	e.leaderCancel()
 	term := e.state.Term
-	next := ""
+	next := State{Term: term}
 	if reason == Superseded {
-		next = e.superseder
+		next = e.superseder // the new leader with its own term, never with the ended one
 	}
-	e.setStateLocked(State{LeaderID: next, Term: term})
+	e.setStateLocked(next)
 	e.tracker.Announce()
 	e.fx.push(effect{down: &StepDown{Term: term, Reason: reason}})
 	e.logger.Info("Stepped down", watermill.LogFields{"term": term, "reason": reason.String()})
@@ -575,7 +577,7 @@ func (e *Elector) onPeer(p peerstatus.Peer) {
 			// lost it without noticing yet.
 			e.logger.Error("Another instance leads in a higher term: stepping down", ErrNotLeader,
 				watermill.LogFields{"rival_id": p.ID, "rival_term": p.Term, "term": cur.Term})
-			e.superseder = p.ID
+			e.superseder = State{LeaderID: p.ID, Term: p.Term}
 			select {
 			case e.supersede <- struct{}{}:
 			default:

@@ -530,3 +530,66 @@ func TestConfigAndLifecycle(t *testing.T) {
 		}
 	}
 }
+
+// releaseWatch wraps a Locker and records, at every release, whether the Elector still
+// reported leadership.
+type releaseWatch struct {
+	Locker
+	el        atomic.Pointer[Elector]
+	mu        sync.Mutex
+	atRelease []bool
+}
+
+func (w *releaseWatch) TryLock(ctx context.Context, name string) (<-chan struct{}, func(context.Context) error, error) {
+	lost, release, err := w.Locker.TryLock(ctx, name)
+	if err != nil {
+		return lost, release, err
+	}
+	return lost, func(ctx context.Context) error {
+		w.mu.Lock()
+		w.atRelease = append(w.atRelease, w.el.Load().IsLeader())
+		w.mu.Unlock()
+		return release(ctx)
+	}, nil
+}
+
+// A stopping leader stops reporting leadership before it gives the lock up: otherwise
+// another instance could take the lock while this one still says it leads.
+func TestStopStepsDownBeforeReleasing(t *testing.T) {
+	g := newGoChannel(t)
+	w := &releaseWatch{}
+	a := startInst(t, g, newMemBroker(), nil, "a", func(c *Config) { w.Locker = c.Locker; c.Locker = w })
+	w.el.Store(a.el)
+	waitAgreement(t, "alone", []*inst{a})
+	a.stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.atRelease) == 0 {
+		t.Fatal("the lock was not released")
+	}
+	for k, leading := range w.atRelease {
+		if leading {
+			t.Errorf("release %d: IsLeader still true when the lock was released", k)
+		}
+	}
+}
+
+// A leader superseded by a higher term reports the new leader with the new leader's
+// term, never with its own ended term.
+func TestSupersededStateNamesTheRivalsTerm(t *testing.T) {
+	g := newGoChannel(t)
+	// Retrying hourly, a stays a follower after it steps down.
+	a := startInst(t, g, newMemBroker(), nil, "a", func(c *Config) { c.RetryInterval = time.Hour })
+	waitAgreement(t, "alone", []*inst{a})
+	term := a.el.Term()
+	fake := fmt.Sprintf(`{"id":"rival","name":"svc","isReady":true,"isMaster":true,"elapsedMs":1,"startedAt":"2026-01-01T00:00:00.000Z","leaderId":"rival","memoryUsage":{},"knownPeers":2,"type":"%s","version":1,"intervalMs":60000,"term":%d}`,
+		peerstatus.BodyType, term+5)
+	if err := g.Publish(peerstatus.AliveTopic("svc"), message.NewMessage(watermill.NewUUID(), []byte(fake))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "superseded step-down", func() bool { return strings.Contains(a.log(), "superseded") })
+	want := State{LeaderID: "rival", Term: term + 5}
+	if st := a.el.State(); st != want {
+		t.Fatalf("state after the step-down = %+v, want %+v", st, want)
+	}
+}
