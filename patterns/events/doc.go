@@ -62,7 +62,10 @@
 // A handler error or panic is logged and the event dropped (acked): events are not
 // retried, as with Node. This is a choice: an event carries no attempt count and its
 // queue has no dead-letter queue, so a nacked event that fails every time would come
-// back forever. Use a task (package tasks) for work that must be retried. Do not give the
+// back forever. Use a task (package tasks) for work that must be retried. A handler, or
+// a middleware wrapped around it, that nacks the message itself (msg.Nack(), as
+// middleware/qos does with messages still waiting for a slot at shutdown) gives the
+// event back to its queue: the Router's ack then has no effect. Do not give the
 // listen subscriber to a flow control that pauses with basic.cancel (middleware/qos):
 // cancelling the consumer of an auto-delete queue deletes the queue.
 //

@@ -267,6 +267,8 @@ func DurableQueue(service, name string) string {
 //
 // h's ctx is msg.Context(). An event whose handler returns an error or panics is
 // logged and dropped (acked): events are not retried; use a task for work that must be.
+// A handler that nacks the message itself (msg.Nack(), as middleware/qos does with
+// messages still waiting for a slot at shutdown) gives it back to the queue.
 // On a running Router, Listen returns once the subscriber declared and bound the queue:
 // during a connection outage it blocks until the connection is back or the subscriber
 // is closed (Router.Close waits for it too). If the Router is not running yet, the listener starts when it does
@@ -548,8 +550,13 @@ func (l *Listener) handle(msg *message.Message) (err error) {
 		}
 	}()
 	if herr := l.h(msg); herr != nil {
-		l.logger.Error("Event handler failed; event dropped", herr,
-			watermill.LogFields{"routing_key": RoutingKey(msg), "message_uuid": msg.UUID})
+		fields := watermill.LogFields{"routing_key": RoutingKey(msg), "message_uuid": msg.UUID}
+		select {
+		case <-msg.Nacked(): // the handler (or a middleware in it) gave the event back
+			l.logger.Debug("Event nacked by its handler; requeued", fields.Add(watermill.LogFields{"error": herr.Error()}))
+		default:
+			l.logger.Error("Event handler failed; event dropped", herr, fields)
+		}
 	}
 	return nil
 }

@@ -278,6 +278,25 @@ func TestListenOnRunningRouter(t *testing.T) {
 	waitFor(`"panic"`)
 	waitFor2() // neither the error nor the panic made it come back
 
+	// A handler that nacks the message itself gives it back (gochannel redelivers it).
+	var nacks sync.Map
+	nacker, err := bus.Listen("t", "nack", func(msg *message.Message) error {
+		got <- string(msg.Payload)
+		if _, again := nacks.LoadOrStore(msg.UUID, true); !again {
+			msg.Nack()
+			return errors.New("not now")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-waitStarted(t, nacker)
+	publish(nacker.Queue(), `"nacked"`)
+	waitFor(`"nacked"`)
+	waitFor(`"nacked"`) // redelivered once
+	waitFor2()
+
 	q1 := l.Queue()
 	if err := l.Stop(context.Background()); err != nil {
 		t.Fatal(err)
