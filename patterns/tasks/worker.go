@@ -28,6 +28,9 @@ const (
 	// which the broker closes the channel of a consumer that holds a delivery unacked.
 	DefaultMaxDuration  = 25 * time.Minute
 	DefaultCloseTimeout = 30 * time.Second
+	// MaxMaxAttempts bounds WorkerConfig.MaxAttempts: the worker declares a retry queue
+	// per attempt number.
+	MaxMaxAttempts = 100
 )
 
 // timeoutGrace is how long the worker still waits for a handler whose ctx was cancelled
@@ -51,7 +54,7 @@ type WorkerConfig struct {
 
 	// MaxAttempts bounds the attempts per task, the first one included; after the last
 	// failed one the task is dead-lettered. 0 means DefaultMaxAttempts (5); 1 means no
-	// retry.
+	// retry. At most MaxMaxAttempts (100): each attempt number has a retry queue.
 	MaxAttempts int
 	// InitialBackoff is the delay before attempt 2. 0 means DefaultInitialBackoff (1 s).
 	InitialBackoff time.Duration
@@ -117,8 +120,8 @@ func (c WorkerConfig) Validate() error {
 	if c.Channels == nil {
 		errs = append(errs, errors.New("tasks: WorkerConfig.Channels is required"))
 	}
-	if c.MaxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("tasks: WorkerConfig.MaxAttempts %d: want >= 1", c.MaxAttempts))
+	if c.MaxAttempts < 1 || c.MaxAttempts > MaxMaxAttempts {
+		errs = append(errs, fmt.Errorf("tasks: WorkerConfig.MaxAttempts %d: want 1..%d (a retry queue per attempt number)", c.MaxAttempts, MaxMaxAttempts))
 	}
 	if c.InitialBackoff < time.Millisecond {
 		errs = append(errs, fmt.Errorf("tasks: WorkerConfig.InitialBackoff %v: want >= 1ms", c.InitialBackoff))

@@ -101,6 +101,10 @@ func TestWorkerConfigValidate(t *testing.T) {
 			t.Errorf("Validate() = %v, want a complaint about %s", err, want)
 		}
 	}
+	if err := (WorkerConfig{Service: "s", Publisher: &recorder{}, Channels: noChannels{}, MaxAttempts: MaxMaxAttempts + 1}).Validate(); err == nil ||
+		!strings.Contains(err.Error(), "MaxAttempts") {
+		t.Errorf("MaxAttempts over MaxMaxAttempts: Validate() = %v", err)
+	}
 	nan := math.NaN()
 	err = WorkerConfig{Service: "s", Publisher: &recorder{}, Channels: noChannels{}, MaxAttempts: 1, Multiplier: nan, Jitter: nan,
 		InitialBackoff: time.Second, MaxBackoff: time.Second, MaxDuration: time.Second, CloseTimeout: time.Second}.Validate()
