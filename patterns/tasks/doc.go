@@ -72,7 +72,9 @@
 // A retry copy waits in its retry queue, then the broker dead-letters it to the request
 // queue; if the request queue no longer exists then (deleted, or expired after 24 h
 // without a consumer), the broker drops the copy. So delete a request queue only when
-// its retry queues are empty. The retry and dead queues have no x-expires: they stay
+// its retry queues are empty. That move is RabbitMQ's dead-lettering, which the broker
+// does not confirm internally for classic queues: a broker crash at that very moment
+// can drop the copy. The retry and dead queues have no x-expires: they stay
 // until deleted. Lowering MaxAttempts leaves the retry queues of the higher attempt
 // numbers in place (copies in them still come back, and then count against the new
 // MaxAttempts); delete them once empty with `rabbitmqctl delete_queue
