@@ -593,3 +593,94 @@ func TestSupersededStateNamesTheRivalsTerm(t *testing.T) {
 		t.Fatalf("state after the step-down = %+v, want %+v", st, want)
 	}
 }
+
+// The message context of a leader-only handler (and of Middleware) ends with the
+// leadership, so long work stops when another instance may already have taken over.
+func TestLeaderOnlyContextEndsWithLeadership(t *testing.T) {
+	g := newGoChannel(t)
+	a := startInst(t, g, newMemBroker(), nil, "a", func(c *Config) { c.RetryInterval = time.Hour })
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := detachedSub{&ownSub{Subscriber: g}}
+	router.AddConsumerHandler("keepalive", "keepalive.a", sub, func(*message.Message) error { return nil })
+	started := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	a.el.AddConsumerHandler(router, "jobs", "jobs", sub, func(msg *message.Message) error {
+		started <- struct{}{}
+		select {
+		case <-msg.Context().Done():
+			ended <- msg.Context().Err()
+		case <-time.After(15 * time.Second):
+			ended <- errors.New("the context outlived the leadership")
+		}
+		return nil
+	})
+	rctx, rcancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); router.Run(rctx) }()
+	t.Cleanup(func() { rcancel(); router.Close(); <-done })
+	waitAgreement(t, "alone", []*inst{a})
+	// Middleware gives a live context while leading, and the message its own back after.
+	orig := context.WithValue(context.Background(), termKey{}, "orig")
+	m := message.NewMessage("1", nil)
+	m.SetContext(orig)
+	mw := a.el.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+		if msg.Context().Err() != nil {
+			t.Error("Middleware: context already ended while leading")
+		}
+		return nil, nil
+	})
+	if _, err := mw(m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Context() != orig {
+		t.Error("Middleware did not give the message its own context back")
+	}
+	deadline := time.After(15 * time.Second)
+	for wait := true; wait; {
+		if err := g.Publish("jobs", message.NewMessage(watermill.NewUUID(), []byte(`{}`))); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-started:
+			wait = false
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("the leader-only handler never ran")
+		}
+	}
+	a.kill()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("handler context: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("handler still running")
+	}
+	if a.el.IsLeader() {
+		t.Fatal("still leads after its lock was lost")
+	}
+}
+
+// detachedSub hands out messages whose context does not end with the subscription (as
+// the rabbitmq transport does), so only the elector can cancel them.
+type detachedSub struct{ *ownSub }
+
+func (s detachedSub) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	in, err := s.ownSub.Subscribe(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan *message.Message)
+	go func() {
+		defer close(out)
+		for m := range in {
+			m.SetContext(context.Background())
+			out <- m
+		}
+	}()
+	return out, nil
+}

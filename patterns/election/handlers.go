@@ -120,8 +120,9 @@ type activeHandler struct {
 // message.Router.AddHandler: each time this instance becomes leader the handler is
 // added to router and started (once router runs), and each time it stops leading the
 // handler is stopped, so only the leader consumes subscribeTopic. The handler sees a
-// message context carrying the term (TermFromContext); a message that reaches it after
-// leadership ended is refused with ErrNotLeader (nacked, so the next leader gets it).
+// message context carrying the term (TermFromContext) and cancelled the moment the
+// leadership ends; a message that reaches it after leadership ended is refused with
+// ErrNotLeader (nacked, so the next leader gets it).
 //
 // Watermill closes a router whose handlers have all stopped: give router at least one
 // handler that is not leader-only. The router must not close publisher when the handler
@@ -167,7 +168,7 @@ func (e *Elector) startHandler(h *leaderHandler, term uint64, lctx context.Conte
 		if lctx.Err() != nil || h.router.IsClosed() {
 			return
 		}
-		wh, err := e.addToRouter(h, term)
+		wh, err := e.addToRouter(h, term, lctx)
 		if err != nil {
 			e.logger.Error("Leader-only handler not added", err, watermill.LogFields{"handler_name": h.name})
 			return
@@ -188,13 +189,13 @@ func (e *Elector) startHandler(h *leaderHandler, term uint64, lctx context.Conte
 
 // addToRouter adds h (guarded by term) to its router; Watermill panics on a duplicate
 // handler name, which is turned into an error.
-func (e *Elector) addToRouter(h *leaderHandler, term uint64) (wh *message.Handler, err error) {
+func (e *Elector) addToRouter(h *leaderHandler, term uint64, lctx context.Context) (wh *message.Handler, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("election: add handler %s: %v", h.name, r)
 		}
 	}()
-	fn := e.guard(term, h.fn)
+	fn := e.guard(term, lctx, h.fn)
 	if h.publisher == nil {
 		return h.router.AddConsumerHandler(h.name, h.subscribeTopic, h.subscriber,
 			func(msg *message.Message) error { _, err := fn(msg); return err }), nil
@@ -221,29 +222,44 @@ func (e *Elector) stopHandlers() {
 	}
 }
 
-// guard refuses messages once the leadership of term is over and passes the term in
-// the message context.
-func (e *Elector) guard(term uint64, fn message.HandlerFunc) message.HandlerFunc {
+// guard refuses messages once the leadership of term is over, passes the term in the
+// message context and cancels that context when the leadership (lctx) ends.
+func (e *Elector) guard(term uint64, lctx context.Context, fn message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		if st := e.State(); !st.IsLeader || st.Term != term {
 			return nil, ErrNotLeader
 		}
-		msg.SetContext(WithTerm(msg.Context(), term))
-		return fn(msg)
+		return runLeading(msg, term, lctx, fn)
 	}
 }
 
+// runLeading runs fn with a message context that carries term and is cancelled when
+// lctx (the leadership) ends. The message gets its own context back afterwards, so a
+// middleware that runs the handler again (retries) starts from an uncancelled one.
+func runLeading(msg *message.Message, term uint64, lctx context.Context, fn message.HandlerFunc) ([]*message.Message, error) {
+	orig := msg.Context()
+	ctx, cancel := context.WithCancel(WithTerm(orig, term))
+	stop := context.AfterFunc(lctx, cancel)
+	defer func() {
+		stop()
+		cancel()
+		msg.SetContext(orig)
+	}()
+	msg.SetContext(ctx)
+	return fn(msg)
+}
+
 // Middleware refuses messages with ErrNotLeader while this instance does not lead (the
-// router nacks them) and passes the term in the message context (TermFromContext). Use
-// it on handlers you run yourself; AddHandler is the way to consume only while leading.
+// router nacks them), passes the term in the message context (TermFromContext) and
+// cancels that context when the leadership ends. Use it on handlers you run yourself;
+// AddHandler is the way to consume only while leading.
 func (e *Elector) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		st := e.State()
-		if !st.IsLeader {
-			return nil, ErrNotLeader
+		lctx, term, err := e.Leading()
+		if err != nil {
+			return nil, err
 		}
-		msg.SetContext(WithTerm(msg.Context(), st.Term))
-		return h(msg)
+		return runLeading(msg, term, lctx, h)
 	}
 }
 

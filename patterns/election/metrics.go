@@ -23,7 +23,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"service"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "micromessaging", Subsystem: "election", Name: "leader_changes_total",
-			Help: "Times the leader known to this instance changed to another known instance (itself included).",
+			Help: "Times this instance learned of a leader (itself included) other than the one it knew just before; the same leader known again after a time without one counts again.",
 		}, []string{"service"}),
 		term: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "micromessaging", Subsystem: "election", Name: "term",
