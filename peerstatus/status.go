@@ -22,7 +22,8 @@ type Status struct {
 // like Node's getStatus: it listens to internal.<service>.peer.alive, publishes
 // internal.<service>.peer.alive.req and collects the answers. It returns as soon as as
 // many members answered as the largest knownPeers an answer reported (at once for a lone
-// instance), else after StatusWait. It returns ErrNoPeers when nobody answered, and
+// instance, or when the first answer comes from an instance that knows no other yet),
+// else after StatusWait. It returns ErrNoPeers when nobody answered, and
 // ctx.Err() when ctx ends first. Status does not need Run, and is safe for concurrent
 // use.
 func (t *Tracker) Status(ctx context.Context, service string) (Status, error) {
