@@ -73,6 +73,10 @@
 //     to the next leader as well (at-least-once, as everywhere).
 //   - A Node instance sends no term, so terms say nothing about a Node leader, and a
 //     follower takes any Node claim.
+//   - Starting a leader-only handler subscribes, which waits for the connection: when
+//     the connection drops just after a step-up, the step-down hooks (and the stop of
+//     the other leader-only handlers) wait until the connection is back or Run ends.
+//     The handler refuses every message meanwhile, since this instance no longer leads.
 //
 // Measured on the development machine (2 shared cores, RabbitMQ 3.10 on loopback;
 // BENCHMARKS.md beside this file has the commands and all numbers), with the defaults:
