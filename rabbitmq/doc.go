@@ -91,6 +91,11 @@ cannot decode is rejected without requeue at once (dead-lettered if its queue ha
 dead-letter exchange, dropped otherwise), logged, and counted in
 micromessaging_rabbitmq_undecodable_total.
 
+SubscribeFunc is Subscribe with a callback instead of the message channel: the
+subscription's goroutine calls it with each message in delivery order, which saves a
+goroutine hand-off per message (the RPC client's reply handler uses it); the callback
+must not block.
+
 SetPrefetch changes the prefetch at run time. RabbitMQ applies a per-consumer prefetch to
 new consumers only, so the running consumer is replaced; messages already received are
 handed out as usual. After a decrease the new consumer starts once fewer messages than

@@ -183,6 +183,32 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 // CloseTimeout. A message's context is cancelled once it is acked or nacked, when its
 // channel is lost (the broker redelivers it), or when the close timeout gives up on it.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	sub, err := s.subscribe(ctx, topic, nil)
+	if err != nil {
+		return nil, err
+	}
+	return sub.out, nil
+}
+
+// SubscribeFunc is Subscribe with a callback instead of a channel: fn is called with
+// each message, in delivery order, on the subscription's own goroutine, so a message
+// reaches fn without a goroutine hand-off. fn must not block (the subscription waits
+// for it); each message must still be acked or nacked, as with Subscribe, unless
+// NoAck. done is closed when the subscription has ended (ctx ended or Close, and the
+// messages delivered before were settled or given up); fn is not called after that.
+// Everything else is as with Subscribe.
+func (s *Subscriber) SubscribeFunc(ctx context.Context, topic string, fn func(*message.Message)) (done <-chan struct{}, err error) {
+	if fn == nil {
+		return nil, errors.New("rabbitmq: SubscribeFunc: nil fn")
+	}
+	sub, err := s.subscribe(ctx, topic, fn)
+	if err != nil {
+		return nil, err
+	}
+	return sub.done, nil
+}
+
+func (s *Subscriber) subscribe(ctx context.Context, topic string, fn func(*message.Message)) (*subscription, error) {
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -190,6 +216,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		return nil, ErrClosed
 	}
 	sub := &subscription{
+		fn:       fn,
 		s:        s,
 		topic:    topic,
 		q:        s.cfg.Queue(topic),
@@ -229,7 +256,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.mu.Unlock()
 	sub.logger.Debug("Subscribed", watermill.LogFields{"queue": ss.queue})
 	go sub.run(ss)
-	return sub.out, nil
+	return sub, nil
 }
 
 // SetPrefetch changes the prefetch of every subscription of s, now and after
@@ -326,7 +353,8 @@ type subscription struct {
 	topic string
 	q     Queue
 	out   chan *message.Message
-	ctl   chan chan struct{} // "apply the desired state", answered by closing the reply
+	fn    func(*message.Message) // SubscribeFunc: called instead of sending to out
+	ctl   chan chan struct{}     // "apply the desired state", answered by closing the reply
 	// stopping is closed when the subscription stops consuming for good (it may still
 	// drain its handlers for a while); done when its goroutine ends.
 	stopping chan struct{}
@@ -546,6 +574,12 @@ func (ss *session) cancelConsumer() {
 func (ss *session) serve() bool {
 	sub := ss.sub
 	for fast := 0; ; fast++ {
+		if ss.pending != nil && sub.fn != nil {
+			msg := ss.pending
+			ss.handedOut()
+			sub.fn(msg)
+			continue
+		}
 		// Fast path: a delivery that is ready, or a handler that is ready to take the
 		// pending message, without the full select (which locks every channel in it). At
 		// most 16 times in a row, so that control requests and stops are seen promptly.

@@ -626,3 +626,56 @@ func TestSubscriberConfigValidate(t *testing.T) {
 		t.Fatalf("Subscribe before Connect: %v", err)
 	}
 }
+
+func TestSubscribeFunc(t *testing.T) {
+	for _, noAck := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noAck=%v", noAck), func(t *testing.T) {
+			adm := newAdmin(t)
+			q := testbroker.Name("mmtest.subfn")
+			adm.deleteLater(q)
+			conn := connect(t, testbroker.Name("mmtest.subfn"))
+			sub := newSubscriber(t, conn, rabbitmq.SubscriberConfig{NoAck: noAck,
+				Queue: func(topic string) rabbitmq.Queue { return rabbitmq.Queue{Name: topic} }})
+			got := make(chan string, 10)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done, err := sub.SubscribeFunc(ctx, q, func(m *message.Message) {
+				got <- string(m.Payload)
+				m.Ack()
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub := newPublisher(t, conn, rabbitmq.PublisherConfig{})
+			for i := range 5 {
+				if err := pub.Publish(q, newMsg(fmt.Sprint(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range 5 {
+				select {
+				case p := <-got:
+					if p != fmt.Sprint(i) {
+						t.Fatalf("message %d: payload %s (out of order)", i, p)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("message %d not handed to fn", i)
+				}
+			}
+			// Acked (or no-ack): nothing is left in the queue once the acks are sent.
+			waitFor(t, 10*time.Second, "the queue to be empty", func() bool {
+				n, _ := adm.depth(q)
+				return n == 0
+			})
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("done not closed after the ctx ended")
+			}
+			if _, err := sub.SubscribeFunc(context.Background(), q, nil); err == nil {
+				t.Fatal("nil fn accepted")
+			}
+		})
+	}
+}

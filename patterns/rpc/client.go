@@ -178,7 +178,28 @@ type replySubscriber struct {
 	sub message.Subscriber
 }
 
+// funcSubscriber is implemented by rabbitmq.Subscriber: messages are handed to fn on
+// the subscription's goroutine.
+type funcSubscriber interface {
+	SubscribeFunc(ctx context.Context, topic string, fn func(*message.Message)) (done <-chan struct{}, err error)
+}
+
 func (rs replySubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if fs, ok := rs.sub.(funcSubscriber); ok {
+		done, err := fs.SubscribeFunc(ctx, topic, func(msg *message.Message) {
+			_ = rs.c.HandleReply(msg)
+			msg.Ack()
+		})
+		if err != nil {
+			return nil, err
+		}
+		out := make(chan *message.Message)
+		go func() {
+			<-done
+			close(out)
+		}()
+		return out, nil
+	}
 	in, err := rs.sub.Subscribe(ctx, topic)
 	if err != nil {
 		return nil, err
