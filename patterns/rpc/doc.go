@@ -77,8 +77,9 @@
 //
 // Server, Client and Request are safe for concurrent use. Server handlers run on the
 // goroutines of the Watermill router. The reply handler added by Client.AddHandler
-// dispatches replies on one goroutine per reply subscription, started when the router
-// subscribes and ended when that subscription's channel closes; the Client starts no
-// other goroutine. A call waits on the caller's goroutine (Stream and OnChunk deliver
+// starts one goroutine per reply subscription when the router subscribes, ended when
+// the subscription ends; replies are dispatched on it (or, with a subscriber that has
+// SubscribeFunc, on the subscriber's own goroutine). The Client starts no other
+// goroutine. A call waits on the caller's goroutine (Stream and OnChunk deliver
 // chunks there too).
 package rpc
