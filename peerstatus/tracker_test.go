@@ -97,9 +97,12 @@ func ids(ps []Peer) string {
 func TestTrackersSeeEachOther(t *testing.T) {
 	g := newGoChannel(t)
 	reg := prometheus.NewRegistry()
-	a := start(t, g, Config{InstanceID: "a", Registerer: reg})
-	b := start(t, g, Config{InstanceID: "b"})
-	c := start(t, g, Config{InstanceID: "c"})
+	// A slower beat than the other tests: b stays Suspect from 2 to 4 missed beats, a
+	// window (1 s) that polling catches even on a loaded machine under -race.
+	const beat = 500 * time.Millisecond
+	a := start(t, g, Config{InstanceID: "a", Registerer: reg, Interval: beat})
+	b := start(t, g, Config{InstanceID: "b", Interval: beat})
+	c := start(t, g, Config{InstanceID: "c", Interval: beat})
 
 	for _, tr := range []*running{a, b, c} {
 		eventually(t, tr.ID()+" knows 3 peers", func() bool { return len(tr.Peers()) == 3 })
