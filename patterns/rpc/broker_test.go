@@ -39,7 +39,7 @@ type node struct {
 	ctx    context.Context
 }
 
-func newNode(t *testing.T, url, service string) *node {
+func newNode(t testing.TB, url, service string) *node {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	pubConn, err := rabbitmq.NewConnection(rabbitmq.ConnectionConfig{URL: url, Name: "rpc-test " + service})
@@ -112,7 +112,7 @@ func newNode(t *testing.T, url, service string) *node {
 
 // handle adds a route to the running router and waits until it is consumed; the queue
 // is deleted at the end of the test.
-func (n *node) handle(t *testing.T, url, route string, h rpc.Handler) {
+func (n *node) handle(t testing.TB, url, route string, h rpc.Handler) {
 	t.Helper()
 	wh, err := n.server.AddHandler(n.router, n.reqSub, route, h)
 	if err != nil {
@@ -126,7 +126,7 @@ func (n *node) handle(t *testing.T, url, route string, h rpc.Handler) {
 	t.Cleanup(func() { deleteQueue(t, url, q) })
 }
 
-func deleteQueue(t *testing.T, url, q string) {
+func deleteQueue(t testing.TB, url, q string) {
 	conn, err := amqp.Dial(url)
 	if err != nil {
 		t.Errorf("delete %s: %v", q, err)
