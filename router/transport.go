@@ -24,8 +24,10 @@ type transport struct {
 	pubConn *rabbitmq.Connection
 	subConn *rabbitmq.Connection
 
-	// requests publishes requests (and tasks): default exchange, mandatory, confirmed,
-	// so a route nobody serves fails at once with wire.ErrUnroutable.
+	// requests publishes requests and tasks: default exchange, mandatory, so a route
+	// nobody serves fails at once with wire.ErrUnroutable. Tasks wait for the broker's
+	// confirm; RPC requests go out unconfirmed (PublishUnconfirmed: the caller waits for
+	// the reply anyway, and a return still fails the call at once).
 	requests *rabbitmq.Publisher
 	// replies publishes RPC replies: default exchange, not mandatory, no confirms (a
 	// lost reply looks like a timeout to the caller, a confirm would only add latency).

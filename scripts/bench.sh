@@ -8,7 +8,8 @@
 #
 # Env: N (messages or round trips per run, default 20000), SIZE (payload bytes, 256),
 # ROUNDS (how many times the whole list runs, 1), RABBIT_URI (broker),
-# PAIRS (space-separated "scenario:concurrency" list, default below).
+# PAIRS (space-separated "scenario:concurrency[:key=value]" list, default below; the
+# optional key=value goes to both sides as -opt, e.g. events:1:listeners=3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ N=${N:-20000}
 SIZE=${SIZE:-256}
 ROUNDS=${ROUNDS:-1}
 URL=${RABBIT_URI:-amqp://guest:guest@127.0.0.1:5672/}
-PAIRS=${PAIRS:-publish:1 publish:16 consume:1 rpc:1 rpc:16 events:1 tasks:1 tasks:16}
+PAIRS=${PAIRS:-publish:1 publish:16 publish:256 consume:1 rpc:1 rpc:16 events:1 events:1:listeners=3 events:16 tasks:1 tasks:16}
 
 scripts/rabbitmq.sh
 
@@ -36,25 +37,27 @@ failed=0
 for ((round = 1; round <= ROUNDS; round++)); do
 	((ROUNDS == 1)) || echo "# round $round of $ROUNDS"
 	for pair in $PAIRS; do
-		lib=${pair%%:*} c=${pair##*:}
+		IFS=: read -r lib c opt <<<"$pair"
+		optargs=()
+		[[ -z $opt ]] || optargs=(-opt "$opt")
 		raw=raw-$lib
 		if [[ $registered != *" $lib "* || $registered != *" $raw "* ]]; then
 			echo "# skip $lib c=$c: scenario $([[ $registered == *" $lib "* ]] && echo "$raw" || echo "$lib") is not registered"
 			continue
 		fi
-		if ! rawline=$(bench -scenario "$raw" -n "$N" -size "$SIZE" -c "$c"); then
+		if ! rawline=$(bench -scenario "$raw" -n "$N" -size "$SIZE" -c "$c" "${optargs[@]}"); then
 			echo "# error $raw c=$c failed"
 			failed=1
 			continue
 		fi
 		echo "$rawline"
-		if ! libline=$(bench -scenario "$lib" -n "$N" -size "$SIZE" -c "$c"); then
+		if ! libline=$(bench -scenario "$lib" -n "$N" -size "$SIZE" -c "$c" "${optargs[@]}"); then
 			echo "# error $lib c=$c failed"
 			failed=1
 			continue
 		fi
 		echo "$libline"
-		printf '%s\n%s\n' "$rawline" "$libline" | bench -compare
+		printf '%s\n%s\n' "$rawline" "$libline" | bench -compare ${opt:+-note "[$opt]"}
 		if [[ $lib == publish ]]; then
 			# Each library publisher waits for its own confirm, so C publishers keep at most C
 			# messages unconfirmed: also compare with a raw channel limited to that window.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -22,7 +23,9 @@ func init() {
 // rawPublish: ONE channel in confirm mode publishes n persistent messages to a durable
 // queue, with up to -opt window (default 1000) unconfirmed; the clock runs from the first
 // publish to the last confirm. With -c C, C goroutines share that channel (n spread over
-// them); C = 1 is exactly the baseline's raw-publish.
+// them). Messages carry what the library's publish sends (content type, a UUID message
+// id, an empty __mms table), so both put the same bytes on the wire; -opt wire=false
+// sends the bare body, and with -c 1 is then exactly the baseline's raw-publish.
 func rawPublish(ctx context.Context, cfg config) (result, error) {
 	window, err := cfg.optInt("window", 1000)
 	if err != nil {
@@ -42,8 +45,22 @@ func rawPublish(ctx context.Context, cfg config) (result, error) {
 	}
 	defer deleteQueue(cfg.url, q)
 
+	wireShape := cfg.extra["wire"] != "false"
+	body := payload(cfg.size)
+	mk := func() amqp.Publishing { return amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body} }
+	shape := "bare body"
+	if wireShape {
+		// What the library's publish sends, built by hand: the same bytes on the wire.
+		mk = func() amqp.Publishing {
+			return amqp.Publishing{
+				DeliveryMode: amqp.Persistent, ContentType: "application/json",
+				MessageId: uuid.NewString(), Headers: amqp.Table{"__mms": amqp.Table{}}, Body: body,
+			}
+		}
+		shape = "wire format (contentType, messageId, __mms)"
+	}
 	start := time.Now()
-	if err := publishConfirmed(ctx, ch, q, cfg.n, cfg.c, payload(cfg.size), window); err != nil {
+	if err := publishConfirmedWith(ctx, ch, q, cfg.n, cfg.c, window, mk); err != nil {
 		return result{}, err
 	}
 	elapsed := time.Since(start)
@@ -52,7 +69,7 @@ func rawPublish(ctx context.Context, cfg config) (result, error) {
 	}
 	return result{
 		Seconds: elapsed.Seconds(),
-		Opts:    fmt.Sprintf("persistent, durable queue, one channel shared by %d goroutines, confirm window=%d", cfg.c, window),
+		Opts:    fmt.Sprintf("persistent, %s, durable queue, one channel shared by %d goroutines, confirm window=%d", shape, cfg.c, window),
 	}, nil
 }
 
@@ -60,6 +77,12 @@ func rawPublish(ctx context.Context, cfg config) (result, error) {
 // queue from c goroutines sharing ch, at most window unconfirmed at any time; it returns
 // once all are confirmed (an error if any was nacked).
 func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, n, c int, body []byte, window int) error {
+	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body}
+	return publishConfirmedWith(ctx, ch, queue, n, c, window, func() amqp.Publishing { return msg })
+}
+
+// publishConfirmedWith is publishConfirmed with each message made by mk.
+func publishConfirmedWith(ctx context.Context, ch *amqp.Channel, queue string, n, c, window int, mk func() amqp.Publishing) error {
 	if err := ch.Confirm(false); err != nil {
 		return err
 	}
@@ -86,7 +109,6 @@ func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, n, c 
 		}
 	}()
 
-	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body}
 	var wg sync.WaitGroup
 	errs := make(chan error, c)
 	for w := range c {
@@ -106,7 +128,7 @@ func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, n, c 
 					errs <- ctx.Err()
 					return
 				}
-				if err := ch.PublishWithContext(ctx, "", queue, false, false, msg); err != nil {
+				if err := ch.PublishWithContext(ctx, "", queue, false, false, mk()); err != nil {
 					errs <- err
 					return
 				}

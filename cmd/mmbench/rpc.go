@@ -97,7 +97,7 @@ func libRPC(ctx context.Context, cfg config) (result, error) {
 		Seconds: elapsed.Seconds(),
 		P50us:   percentile(lats, 50),
 		P99us:   percentile(lats, 99),
-		Opts: fmt.Sprintf("router.Service on each side (2 connections each), requests mandatory+confirmed, "+
+		Opts: fmt.Sprintf("router.Service on each side (2 connections each), requests mandatory, unconfirmed (returns fail the call), "+
 			"replies unconfirmed, reply queue no-ack, server prefetch=%d, %d warm-up calls/caller", prefetch, rpcWarmup),
 	}, nil
 }
