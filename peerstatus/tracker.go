@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/micromessaging/micromessaging/internal/latest"
+	"github.com/micromessaging/micromessaging/internal/lifecycle"
 	"github.com/micromessaging/micromessaging/wire"
 )
 
@@ -194,11 +195,7 @@ type Tracker struct {
 	beatNow chan struct{}
 	started chan struct{}
 
-	runMu  sync.Mutex
-	ran    bool
-	closed bool
-	cancel context.CancelFunc
-	done   chan struct{}
+	life lifecycle.Runner
 }
 
 // New returns a Tracker for cfg. It does no I/O and starts no goroutine; call Run.
@@ -317,21 +314,15 @@ func (t *Tracker) ask(ctx context.Context, service string) error {
 // It returns an error when a subscription fails or closes while running. Run may be
 // called once.
 func (t *Tracker) Run(ctx context.Context) error {
-	t.runMu.Lock()
+	ctx, finish, err := t.life.Start(ctx)
 	switch {
-	case t.closed:
-		t.runMu.Unlock()
+	case errors.Is(err, lifecycle.ErrClosed):
 		return ErrClosed
-	case t.ran:
-		t.runMu.Unlock()
+	case err != nil:
 		return ErrRunning
 	}
-	t.ran = true
-	ctx, cancel := context.WithCancel(ctx)
-	t.cancel = cancel
-	t.done = make(chan struct{})
-	t.runMu.Unlock()
-	defer close(t.done)
+	defer finish()
+	ctx, cancel := context.WithCancel(ctx) // ends the loops before the goodbye heartbeat
 	defer cancel()
 
 	alive, err := t.cfg.Subscriber.Subscribe(ctx, AliveTopic(t.cfg.Service))
@@ -380,24 +371,10 @@ func (t *Tracker) Run(ctx context.Context) error {
 // Close stops Run (which sends a goodbye heartbeat) and waits for it, at most 5 s.
 // It is idempotent; after Close, Run returns ErrClosed.
 func (t *Tracker) Close() error {
-	t.runMu.Lock()
-	if t.closed {
-		t.runMu.Unlock()
-		return nil
-	}
-	t.closed = true
-	cancel, done := t.cancel, t.done
-	t.runMu.Unlock()
-	if cancel == nil {
-		return nil
-	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(closeTimeout):
+	if err := t.life.Close(closeTimeout); err != nil {
 		return errors.New("peerstatus: Close timed out waiting for Run to stop")
 	}
+	return nil
 }
 
 func (t *Tracker) receiveLoop(ctx context.Context, alive, reqs <-chan *message.Message) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/micromessaging/micromessaging/internal/latest"
+	"github.com/micromessaging/micromessaging/internal/lifecycle"
 	"github.com/micromessaging/micromessaging/peerstatus"
 	"github.com/micromessaging/micromessaging/wire"
 )
@@ -209,11 +210,7 @@ type Elector struct {
 	hwg      sync.WaitGroup
 	runCtx   context.Context
 
-	runMu  sync.Mutex
-	ran    bool
-	closed bool
-	cancel context.CancelFunc
-	done   chan struct{}
+	life lifecycle.Runner
 }
 
 // New returns an Elector for cfg. It does no I/O and starts no goroutine; call Run.
@@ -294,22 +291,14 @@ func (e *Elector) Leading() (context.Context, uint64, error) {
 // isMaster:false, so other Go instances take over at once. It returns nil after an
 // orderly stop. Run may be called once.
 func (e *Elector) Run(ctx context.Context) error {
-	e.runMu.Lock()
+	ctx, finish, err := e.life.Start(ctx)
 	switch {
-	case e.closed:
-		e.runMu.Unlock()
+	case errors.Is(err, lifecycle.ErrClosed):
 		return ErrClosed
-	case e.ran:
-		e.runMu.Unlock()
+	case err != nil:
 		return ErrRunning
 	}
-	e.ran = true
-	ctx, cancel := context.WithCancel(ctx)
-	e.cancel = cancel
-	e.done = make(chan struct{})
-	e.runMu.Unlock()
-	defer close(e.done)
-	defer cancel()
+	defer finish()
 
 	e.hmu.Lock()
 	e.runCtx = ctx
@@ -389,24 +378,10 @@ loop:
 // Close stops Run (which steps down and releases the lock if leading) and waits for it,
 // at most 10 s. It is idempotent; after Close, Run returns ErrClosed.
 func (e *Elector) Close() error {
-	e.runMu.Lock()
-	if e.closed {
-		e.runMu.Unlock()
-		return nil
-	}
-	e.closed = true
-	cancel, done := e.cancel, e.done
-	e.runMu.Unlock()
-	if cancel == nil {
-		return nil
-	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(closeTimeout):
+	if err := e.life.Close(closeTimeout); err != nil {
 		return errors.New("election: Close timed out waiting for Run to stop")
 	}
+	return nil
 }
 
 func (e *Elector) jitter() time.Duration {
