@@ -209,7 +209,21 @@ func (c Codec) Unmarshal(d amqp.Delivery) (*message.Message, error) {
 		}
 	}
 
-	md := make(message.Metadata, len(d.Headers)+len(mms)+8)
+	// Size the map for exactly the keys it gets: a map of at most 8 entries (a reply's)
+	// is one small allocation, a larger hint a table of several.
+	n := len(d.Headers) + len(mms) + 1 // + mm.redelivered
+	if _, ok := d.Headers[HeaderMMS]; ok {
+		n--
+	}
+	if skipUUIDHeader {
+		n--
+	}
+	for _, v := range [...]string{d.CorrelationId, d.ReplyTo, d.Expiration, d.ContentType, d.ContentEncoding, d.RoutingKey, d.Exchange} {
+		if v != "" {
+			n++
+		}
+	}
+	md := make(message.Metadata, n)
 	for k, v := range d.Headers {
 		if k == HeaderMMS || strings.HasPrefix(k, MetaPrefix) || strings.HasPrefix(k, MetaMMSPrefix) ||
 			(skipUUIDHeader && k == WatermillUUIDHeader) {
