@@ -377,12 +377,18 @@ func OnChunk(fn func(*Reply) error) CallOption {
 // For a streamed reply, Request returns the end message and passes the chunks to
 // OnChunk (if given); the timeout is re-armed on every chunk.
 func (c *Client) Request(ctx context.Context, service, route string, body any, opts ...CallOption) (*Reply, error) {
+	if len(opts) == 0 {
+		return c.do(ctx, service, route, body, &noCallOptions) // do only reads it: no copy to allocate
+	}
 	o := callOptions{}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	return c.do(ctx, service, route, body, &o)
 }
+
+// noCallOptions are the options of a call given none. Read only.
+var noCallOptions callOptions
 
 // errStopped ends a Stream whose consumer stopped iterating.
 var errStopped = errors.New("rpc: iteration stopped")
