@@ -209,8 +209,8 @@ func (c Codec) Unmarshal(d amqp.Delivery) (*message.Message, error) {
 		}
 	}
 
-	// Size the map for exactly the keys it gets: a map of at most 8 entries (a reply's)
-	// is one small allocation, a larger hint a table of several.
+	// Size the map for exactly the keys it gets. Up to 8 entries (a reply's) fit the
+	// small map NewMessage made already; a larger one is made with its size at once.
 	n := len(d.Headers) + len(mms) + 1 // + mm.redelivered
 	if _, ok := d.Headers[HeaderMMS]; ok {
 		n--
@@ -223,7 +223,12 @@ func (c Codec) Unmarshal(d amqp.Delivery) (*message.Message, error) {
 			n++
 		}
 	}
-	md := make(message.Metadata, n)
+	msg := message.NewMessage(id, payload)
+	md := msg.Metadata
+	if n > 8 {
+		md = make(message.Metadata, n)
+		msg.Metadata = md
+	}
 	for k, v := range d.Headers {
 		if k == HeaderMMS || strings.HasPrefix(k, MetaPrefix) || strings.HasPrefix(k, MetaMMSPrefix) ||
 			(skipUUIDHeader && k == WatermillUUIDHeader) {
@@ -247,8 +252,6 @@ func (c Codec) Unmarshal(d amqp.Delivery) (*message.Message, error) {
 		md[MetaRedelivered] = "false"
 	}
 
-	msg := message.NewMessage(id, payload)
-	msg.Metadata = md
 	return msg, nil
 }
 
