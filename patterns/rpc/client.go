@@ -491,7 +491,7 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	if ms < 1 {
 		ms = 1
 	}
-	id := uuid.NewString()
+	id := newID()
 	msg := message.NewMessage(id, payload)
 	md := msg.Metadata
 	for k, v := range o.headers {
@@ -501,7 +501,7 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	}
 	idRequest := o.idRequest
 	if idRequest == "" {
-		idRequest = uuid.NewString()
+		idRequest = newID()
 	}
 	md[wire.HeaderIDRequest] = idRequest
 	md[wire.MetaCorrelationID] = id

@@ -12,7 +12,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/micromessaging/micromessaging/wire"
@@ -325,7 +324,7 @@ func errorForWire(err error) error {
 func (r *Request) publish(payload []byte, isError, isEnd, isStream bool) error {
 	seq := r.sequence
 	r.sequence++
-	msg := message.NewMessage(uuid.NewString(), payload)
+	msg := message.NewMessage(newID(), payload)
 	md := msg.Metadata
 	md[wire.MetaCorrelationID] = r.corrID
 	if r.IDRequest != "" {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -623,5 +624,23 @@ func TestClientUnconfirmedPublisher(t *testing.T) {
 	defer pub.mu.Unlock()
 	if pub.forgotten != 3 {
 		t.Errorf("forget called %d times, want 3 (once per publish: the lost one, its retry, the returned one)", pub.forgotten)
+	}
+}
+
+func TestNewIDIsUUIDv4(t *testing.T) {
+	seen := map[string]bool{}
+	for range 100 {
+		s := newID()
+		u, err := uuid.Parse(s)
+		if err != nil {
+			t.Fatalf("newID() = %q: %v", s, err)
+		}
+		if u.Version() != 4 || u.Variant() != uuid.RFC4122 || u.String() != s {
+			t.Fatalf("newID() = %q: version %d, variant %v", s, u.Version(), u.Variant())
+		}
+		if seen[s] {
+			t.Fatalf("newID() repeated %q", s)
+		}
+		seen[s] = true
 	}
 }
