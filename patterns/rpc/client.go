@@ -101,12 +101,62 @@ type Client struct {
 	pending map[string]*call // by correlation id
 
 	routes sync.Map // route -> *routeMetrics
+
+	qmu    sync.RWMutex
+	queues map[[2]string]string // {service, route} -> request queue, for valid names only
+
+	expiration atomic.Pointer[expirationText] // the last mm.expiration sent, formatted
 }
 
 // routeMetrics are the client metrics of one route, resolved once.
 type routeMetrics struct {
 	outcomes map[string]prometheus.Counter
 	latency  prometheus.Observer
+}
+
+// maxCachedQueues bounds Client.queues (names beyond it are built on every call).
+const maxCachedQueues = 1024
+
+// requestQueue returns the validated request queue of service and route, from the cache
+// when the pair was used before.
+func (c *Client) requestQueue(service, route string) (string, error) {
+	key := [2]string{service, route}
+	c.qmu.RLock()
+	q, ok := c.queues[key]
+	c.qmu.RUnlock()
+	if ok {
+		return q, nil
+	}
+	q, err := requestQueue(service, route)
+	if err != nil {
+		return "", err
+	}
+	c.qmu.Lock()
+	if c.queues == nil {
+		c.queues = map[[2]string]string{}
+	}
+	if len(c.queues) < maxCachedQueues {
+		c.queues[key] = q
+	}
+	c.qmu.Unlock()
+	return q, nil
+}
+
+// expirationText is an mm.expiration value and its decimal form.
+type expirationText struct {
+	ms   int64
+	text string
+}
+
+// expirationString formats ms, reusing the last result: calls without a context
+// deadline all send the same timeout.
+func (c *Client) expirationString(ms int64) string {
+	if e := c.expiration.Load(); e != nil && e.ms == ms {
+		return e.text
+	}
+	e := &expirationText{ms: ms, text: strconv.FormatInt(ms, 10)}
+	c.expiration.Store(e)
+	return e.text
 }
 
 func (c *Client) routeMetrics(route string) *routeMetrics {
@@ -425,7 +475,7 @@ func (c *Client) Stream(ctx context.Context, service, route string, body any, op
 
 // do makes one call.
 func (c *Client) do(ctx context.Context, service, route string, body any, o *callOptions) (reply *Reply, err error) {
-	queue, err := requestQueue(service, route)
+	queue, err := c.requestQueue(service, route)
 	if err != nil {
 		return nil, err
 	}
@@ -506,7 +556,7 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	md[wire.HeaderIDRequest] = idRequest
 	md[wire.MetaCorrelationID] = id
 	md[wire.MetaReplyTo] = c.replyQueue
-	md[wire.MetaExpiration] = strconv.FormatInt(ms, 10)
+	md[wire.MetaExpiration] = c.expirationString(ms)
 	iat := start.UnixMilli()
 	md[wire.MetaMMSRoute] = route
 	md[wire.MetaMMSIAT] = strconv.FormatInt(iat, 10)
