@@ -315,7 +315,10 @@ func (p *Publisher) PublishUnconfirmed(topic string, msg *message.Message, onRet
 			return nil, nil, err
 		}
 		pc.cork.cork()
-		err = pc.ch.PublishWithContext(ctx, p.cfg.Exchange, topic, p.cfg.Mandatory, false, pub)
+		// What PublishWithContext checks, without making ctx's Done channel.
+		if err = ctx.Err(); err == nil {
+			err = pc.ch.Publish(p.cfg.Exchange, topic, p.cfg.Mandatory, false, pub)
+		}
 		pc.cork.uncork()
 		if err == nil {
 			p.metrics.published.Inc()
