@@ -518,8 +518,30 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	if timeout <= 0 {
 		return timedOut()
 	}
-	timer := time.NewTimer(timeout) // the whole call; re-armed by stream chunks
-	defer timer.Stop()
+	// callCtx ends at the call's deadline (or ctx's, if earlier): it bounds publishing
+	// (which waits for the connection during an outage) and the wait for the reply
+	// until a stream chunk arrives; from then on a timer re-armed by every chunk does.
+	callCtx := ctx
+	if dl, ok := ctx.Deadline(); !ok || dl.After(start.Add(timeout)) {
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithDeadline(ctx, start.Add(timeout))
+		defer cancel()
+	}
+	expired := callCtx.Done()
+	var timer *time.Timer // the stream's, once a chunk came
+	var timerC <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	// callExpired tells callCtx's end by ctx's end or timeout.
+	callExpired := func() (*Reply, error) {
+		if ctx.Err() != nil {
+			return ctxDone()
+		}
+		return timedOut()
+	}
 	if ready := c.ready.Load(); ready != nil {
 		select {
 		case <-*ready:
@@ -527,8 +549,8 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 			return ctxDone()
 		case <-c.closed:
 			return fail(OutcomeCanceled, ErrClosed)
-		case <-timer.C:
-			return timedOut()
+		case <-expired:
+			return callExpired()
 		}
 	}
 	select {
@@ -581,13 +603,8 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 	forget := func() {}
 	defer func() { forget() }()
 	publish := func() (*Reply, error) {
-		// Publishing (which waits for the connection during an outage) is bounded by the
-		// call's timeout too, not only by ctx.
-		pctx, cancelPublish := ctx, context.CancelFunc(func() {})
-		if dl, ok := ctx.Deadline(); !ok || dl.After(start.Add(timeout)) {
-			pctx, cancelPublish = context.WithDeadline(ctx, start.Add(timeout))
-		}
-		defer cancelPublish()
+		// Publishing is bounded by the call's timeout too, not only by ctx.
+		pctx := callCtx
 		msg.SetContext(pctx)
 		var err error
 		if unconfirmed {
@@ -623,7 +640,9 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 			return ctxDone()
 		case <-c.closed:
 			return fail(OutcomeCanceled, ErrClosed)
-		case <-timer.C:
+		case <-expired:
+			return callExpired()
+		case <-timerC:
 			return timedOut()
 		case <-lost:
 			// The channel the request was written on closed. Unless a reply shows it
@@ -672,7 +691,12 @@ func (c *Client) do(ctx context.Context, service, route string, body any, o *cal
 				parked = map[int64]*message.Message{}
 			}
 			parked[seq] = m
-			timer.Reset(timeout)
+			if timer == nil {
+				timer = time.NewTimer(timeout)
+				timerC, expired = timer.C, nil // the call's deadline no longer holds
+			} else {
+				timer.Reset(timeout)
+			}
 			for {
 				pm, ok := parked[next]
 				if !ok {
