@@ -644,3 +644,27 @@ func TestNewIDIsUUIDv4(t *testing.T) {
 		seen[s] = true
 	}
 }
+
+func TestClientStreamRearmsTimeout(t *testing.T) {
+	// Chunks every 250 ms for 1.25 s with an 800 ms timeout: each chunk re-arms it, so the
+	// call outlives its first deadline; then the stream stalls and the call times out.
+	pub := &recorder{}
+	c := newTestClient(t, pub, nil)
+	pub.hook = func(_ string, m *message.Message) {
+		go func() {
+			for seq := range int64(5) {
+				time.Sleep(250 * time.Millisecond)
+				c.HandleReply(reply(m, `{}`, wire.MMS{IsStream: ptr(true), Sequence: ptr(seq)}))
+			}
+		}()
+	}
+	n := 0
+	_, err := c.Request(context.Background(), "svc", "stream", nil, WithTimeout(800*time.Millisecond),
+		OnChunk(func(*Reply) error { n++; return nil }))
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("got %v", err)
+	}
+	if n != 5 {
+		t.Errorf("%d chunks before the timeout, want 5", n)
+	}
+}
