@@ -183,7 +183,7 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 // CloseTimeout. A message's context is cancelled once it is acked or nacked, when its
 // channel is lost (the broker redelivers it), or when the close timeout gives up on it.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	sub, err := s.subscribe(ctx, topic, nil)
+	sub, err := s.subscribe(ctx, topic, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -201,14 +201,16 @@ func (s *Subscriber) SubscribeFunc(ctx context.Context, topic string, fn func(*m
 	if fn == nil {
 		return nil, errors.New("rabbitmq: SubscribeFunc: nil fn")
 	}
-	sub, err := s.subscribe(ctx, topic, fn)
+	sub, err := s.subscribe(ctx, topic, fn, nil)
 	if err != nil {
 		return nil, err
 	}
 	return sub.done, nil
 }
 
-func (s *Subscriber) subscribe(ctx context.Context, topic string, fn func(*message.Message)) (*subscription, error) {
+// subscribe starts a subscription that hands messages to its channel, to fn
+// (SubscribeFunc) or to a worker pool running h (Handle).
+func (s *Subscriber) subscribe(ctx context.Context, topic string, fn func(*message.Message), h message.NoPublishHandlerFunc) (*subscription, error) {
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -227,6 +229,9 @@ func (s *Subscriber) subscribe(ctx context.Context, topic string, fn func(*messa
 		ctxDone:  ctx.Done(),
 		msgCtx:   context.WithoutCancel(ctx),
 		logger:   s.logger.With(watermill.LogFields{"topic": topic}),
+	}
+	if h != nil {
+		sub.pool = &pool{h: h, work: make(chan *job)}
 	}
 	var ss *session
 	for {
@@ -354,6 +359,7 @@ type subscription struct {
 	q     Queue
 	out   chan *message.Message
 	fn    func(*message.Message) // SubscribeFunc: called instead of sending to out
+	pool  *pool                  // Handle: runs the messages instead of sending to out
 	ctl   chan chan struct{}     // "apply the desired state", answered by closing the reply
 	// stopping is closed when the subscription stops consuming for good (it may still
 	// drain its handlers for a while); done when its goroutine ends.
@@ -380,7 +386,9 @@ func (sub *subscription) run(ss *session) {
 			ss.stopConsuming()
 			close(sub.stopping)
 			close(sub.out)
-			ss.drain(sub.closeDeadline())
+			deadline := sub.closeDeadline()
+			ss.drain(deadline)
+			sub.closePool(deadline)
 			sub.logger.Debug("Subscription ended", nil)
 			return
 		}
@@ -389,6 +397,7 @@ func (sub *subscription) run(ss *session) {
 		if ss == nil {
 			close(sub.stopping)
 			close(sub.out)
+			sub.closePool(sub.closeDeadline())
 			return
 		}
 	}
@@ -492,9 +501,14 @@ type session struct {
 	pendingTag    uint64
 	pendingCancel context.CancelFunc
 
-	inflight sync.WaitGroup
+	inflight sync.WaitGroup // watchers of messages handed out (Subscribe, SubscribeFunc)
 	abandon  chan struct{}
 	lostErr  error
+
+	// Messages in Handle workers, settled by the workers themselves.
+	jmu    sync.Mutex
+	jobs   map[*job]struct{}
+	jobsWG sync.WaitGroup
 }
 
 func (sub *subscription) openSession(conn *amqp.Connection) (*session, error) {
@@ -510,6 +524,9 @@ func (sub *subscription) openSession(conn *amqp.Connection) (*session, error) {
 		cancels: ch.NotifyCancel(make(chan string, 8)),
 		abandon: make(chan struct{}),
 		wake:    make(chan struct{}, 1),
+	}
+	if sub.pool != nil {
+		ss.jobs = make(map[*job]struct{})
 	}
 	fail := func(err error) (*session, error) {
 		_ = ch.Close()
@@ -578,6 +595,10 @@ func (ss *session) serve() bool {
 			msg := ss.pending
 			ss.handedOut()
 			sub.fn(msg)
+			continue
+		}
+		if ss.pending != nil && sub.pool != nil {
+			ss.dispatch()
 			continue
 		}
 		// Fast path: a delivery that is ready, or a handler that is ready to take the
@@ -893,6 +914,7 @@ func (ss *session) drain(deadline time.Time) {
 	done := make(chan struct{})
 	go func() {
 		ss.inflight.Wait()
+		ss.jobsWG.Wait()
 		close(done)
 	}()
 	t := time.NewTimer(time.Until(deadline))
@@ -902,9 +924,11 @@ func (ss *session) drain(deadline time.Time) {
 		ss.sub.logger.Error("Close timeout: messages still in handlers are returned to the queue", nil,
 			watermill.LogFields{"queue": ss.queue})
 		close(ss.abandon)
+		ss.abandonJobs()
 		<-done
 	case <-ss.closed:
 		close(ss.abandon) // channel lost: their acks cannot be sent any more
+		ss.abandonJobs()
 		<-done
 	}
 	t.Stop()
@@ -925,6 +949,7 @@ func (ss *session) lost() {
 		ss.retry.Stop()
 	}
 	close(ss.abandon)
+	ss.abandonJobs()
 	ss.inflight.Wait()
 	if ss.acks != nil {
 		ss.acks.close(false)

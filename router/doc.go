@@ -82,8 +82,13 @@
 // Config.Router makes the Service add its handlers to a *message.Router you own: you
 // run and close it; Connect calls RunHandlers when it already runs; Close stops only
 // the Service's handlers (Watermill then closes a router that has no handler left).
-// Without it, the Service runs its own router; Router() returns it so you can add
-// middleware or handlers of your own before Run.
+// Without it, the Service runs its own router for its event, task and leader handlers;
+// Router() returns it so you can add middleware or handlers of your own before Run.
+// Its RPC routes (Handle) do not run on that router: the request subscriber's workers
+// consume them directly (rabbitmq.Subscriber.Handle, with the QoS limiter inside),
+// which spares every request three goroutine hand-offs and a goroutine start, and
+// router middleware does not apply to them. Pass Config.Router to run them on a router
+// of yours with its middleware (rpc.Server.AddHandler does the same on any router).
 //
 // # Metrics
 //
@@ -95,8 +100,9 @@
 // # Concurrency
 //
 // A Service is safe for concurrent use. Its goroutines are the Watermill router's, the
-// connections' supervisors, the peer status and election loops, and the QoS limiter's
-// sampling loop; Close (and the end of Run) stops them all. Close is
+// request subscriber's workers (as many as RPC requests were in flight at once, kept
+// until Close), the connections' supervisors, the peer status and election loops, and
+// the QoS limiter's sampling loop; Close (and the end of Run) stops them all. Close is
 // idempotent: calls in flight fail with rpc.ErrClosed, handlers in flight finish within
 // Config.CloseTimeout, then subscribers, publishers and connections close.
 //

@@ -129,7 +129,7 @@ func (s *Service) Listen(target, pattern string, h message.NoPublishHandlerFunc,
 	if s.isClosed() {
 		return nil, ErrClosed
 	}
-	return s.et.bus.Listen(target, pattern, s.limit(h), opts...)
+	return s.et.bus.Listen(target, pattern, s.limit(h, ""), opts...)
 }
 
 // Task sends body to one instance of service target for route and returns once the
@@ -171,7 +171,7 @@ func (s *Service) HandleTask(route string, h message.NoPublishHandlerFunc) error
 		s.mu.Unlock()
 		return fmt.Errorf("%w: %q", ErrDuplicateRoute, route)
 	}
-	wh := s.wm.AddConsumerHandler(taskHandlerName(route), s.et.worker.Topic(route), s.t.requestSub, s.limit(s.et.worker.Handler(route, h)))
+	wh := s.wm.AddConsumerHandler(taskHandlerName(route), s.et.worker.Topic(route), s.t.requestSub, s.limit(s.et.worker.Handler(route, h), ""))
 	s.handlers = append(s.handlers, wh)
 	wired := s.wired
 	s.mu.Unlock()

@@ -8,6 +8,7 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/micromessaging/micromessaging/middleware/qos"
 	"github.com/micromessaging/micromessaging/patterns/rpc"
+	"github.com/micromessaging/micromessaging/rabbitmq"
 	"github.com/micromessaging/micromessaging/wire"
 )
 
@@ -68,12 +70,18 @@ func newLimiter(service string, cfg Config) (*qos.Limiter, error) {
 // taskHandlerName is the Watermill handler name of task route.
 func taskHandlerName(route string) string { return "tasks." + route }
 
-// limit wraps h with the limiter's middleware (h itself without QoS).
-func (s *Service) limit(h message.NoPublishHandlerFunc) message.NoPublishHandlerFunc {
+// limit wraps h with the limiter's middleware (h itself without QoS). name is the
+// handler's name for route limits when it runs without a router ("": a router
+// handler, whose name is in the message's context).
+func (s *Service) limit(h message.NoPublishHandlerFunc, name string) message.NoPublishHandlerFunc {
 	if s.qos == nil {
 		return h
 	}
-	wrapped := s.qos.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+	mw := s.qos.Middleware
+	if name != "" {
+		mw = s.qos.HandlerMiddleware(name)
+	}
+	wrapped := mw(func(msg *message.Message) ([]*message.Message, error) {
 		return nil, h(msg)
 	})
 	return func(msg *message.Message) error {
@@ -124,12 +132,42 @@ func (s *Service) QoS() *qos.Limiter { return s.qos }
 // addRPCHandler adds the handler of an RPC route to wm (rpc.Server.AddHandler with the
 // limiter inside).
 func (s *Service) addRPCHandler(route string, h rpc.Handler) (*message.Handler, error) {
-	q := wire.RequestQueue(s.name, route)
-	if len(q) > 255 {
-		return nil, fmt.Errorf("%w: queue name %q is longer than 255 bytes", ErrInvalidName, q)
+	q, err := s.requestQueue(route)
+	if err != nil {
+		return nil, err
 	}
 	if _, dup := s.wm.Handlers()[q]; dup {
 		return nil, fmt.Errorf("%w: %q (the router already has a handler %q)", ErrDuplicateRoute, route, q)
 	}
-	return s.wm.AddConsumerHandler(q, q, s.t.requestSub, s.limit(s.server.HandlerFunc(route, h))), nil
+	return s.wm.AddConsumerHandler(q, q, s.t.requestSub, s.limit(s.server.HandlerFunc(route, h), "")), nil
+}
+
+// consumeRoute consumes an RPC route without a router (the Service owns its router):
+// the request subscriber's workers run the handler, with the limiter inside. It returns
+// once the route is consumed; on failure the route can be consumed again by a retried
+// Connect (or Handle).
+func (s *Service) consumeRoute(route string, h rpc.Handler) error {
+	q, err := s.requestQueue(route)
+	if err == nil {
+		_, err = s.t.requestSub.Handle(s.runCtx, q, s.limit(s.server.HandlerFunc(route, h), q))
+	}
+	if err != nil {
+		s.mu.Lock()
+		delete(s.direct, route)
+		s.mu.Unlock()
+		if errors.Is(err, rabbitmq.ErrClosed) {
+			return ErrClosed
+		}
+		return fmt.Errorf("router: consume route %q: %w", route, err)
+	}
+	return nil
+}
+
+// requestQueue returns the request queue of route.
+func (s *Service) requestQueue(route string) (string, error) {
+	q := wire.RequestQueue(s.name, route)
+	if len(q) > 255 {
+		return "", fmt.Errorf("%w: queue name %q is longer than 255 bytes", ErrInvalidName, q)
+	}
+	return q, nil
 }

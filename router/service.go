@@ -43,9 +43,10 @@ type Config struct {
 	// no metrics are registered.
 	Registerer prometheus.Registerer
 	// Router is a Watermill router you own and run. nil means the Service creates,
-	// runs and closes one. With your own router, the Service adds its handlers to it
-	// (calling RunHandlers when it already runs), you call its Run and Close, and
-	// Service.Close stops only the Service's handlers.
+	// runs and closes one (and consumes its RPC routes without it, see Service.Router).
+	// With your own router, the Service adds all its handlers to it, RPC routes
+	// included (calling RunHandlers when it already runs), you call its Run and Close,
+	// and Service.Close stops only the Service's handlers.
 	Router *message.Router
 	// Timeout of a request whose ctx has no deadline and that has no rpc.WithTimeout.
 	// 0 means rpc.DefaultTimeout (120 s).
@@ -57,8 +58,8 @@ type Config struct {
 	// zero values mean the tasks package defaults). Its Service, Publisher, Channels,
 	// Logger and Registerer are ignored: the Service fills them in.
 	Tasks TaskConfig
-	// CloseTimeout bounds how long Close waits for handlers in flight (owned router
-	// only). 0 means 30 s.
+	// CloseTimeout bounds how long Close waits for the Service's handlers in flight
+	// (RPC and task requests, events). 0 means 30 s.
 	CloseTimeout time.Duration
 
 	// Heartbeat is the peer-status heartbeat period. 0 means 10 s (Node's).
@@ -146,6 +147,7 @@ type Service struct {
 	wired      bool // connected, routes on wm, owned router started: later handlers go straight to wm
 	isUp       bool // Connect succeeded
 	routes     map[string]rpc.Handler
+	direct     map[string]bool    // owned router: RPC routes consumed (or being) by requestSub.Handle
 	handlers   []*message.Handler // the Service's handlers on wm
 	replyReady atomic.Bool        // the reply handler is on wm (set under mu)
 	runCtx     context.Context    // lives from Connect to Close: the handlers' subscriptions
@@ -168,6 +170,7 @@ func New(service string, cfg Config) (*Service, error) {
 		closed:     make(chan struct{}),
 		routerDone: make(chan struct{}),
 		routes:     map[string]rpc.Handler{},
+		direct:     map[string]bool{},
 	}
 	s.logger = cfg.Logger.With(watermill.LogFields{"service": service, "instance_id": s.id})
 	var err error
@@ -222,7 +225,11 @@ func (s *Service) Name() string { return s.name }
 func (s *Service) ID() string { return s.id }
 
 // Router returns the Watermill router the Service's handlers run on (yours, or the
-// one it owns). Add your own handlers or middleware to it before Run.
+// one it owns). Add your own handlers or middleware to it before Run. With the
+// Service's own router, RPC routes (Handle) do not run on it: the transport's workers
+// consume them directly (rabbitmq.Subscriber.Handle), which spares each request three
+// goroutine hand-offs; router middleware does not apply to them. Pass Config.Router to
+// run them on a router of yours, with its middleware.
 func (s *Service) Router() *message.Router { return s.wm }
 
 // Handle answers route with h. It may be called before or after Connect/Run; after,
@@ -248,6 +255,17 @@ func (s *Service) Handle(route string, h rpc.Handler) error {
 	if !s.wired {
 		s.mu.Unlock()
 		return nil // Connect adds it
+	}
+	if s.owned {
+		s.direct[route] = true
+		s.mu.Unlock()
+		if err := s.consumeRoute(route, h); err != nil {
+			s.mu.Lock()
+			delete(s.routes, route)
+			s.mu.Unlock()
+			return err
+		}
+		return nil
 	}
 	err := s.addRouteLocked(route, h)
 	if err != nil {
@@ -338,9 +356,34 @@ func (s *Service) Connect(ctx context.Context) error {
 	return nil
 }
 
-// wire adds the routes registered so far to wm and starts the Service's own router,
-// once.
+// wire adds the routes registered so far to your router, or consumes them directly
+// with the Service's own router (which it starts), once; a retry after a failure
+// consumes the routes that failed.
 func (s *Service) wire() error {
+	if err := s.wireLocked(); err != nil {
+		return err
+	}
+	if !s.owned {
+		return nil
+	}
+	s.mu.Lock()
+	todo := map[string]rpc.Handler{}
+	for route, h := range s.routes {
+		if !s.direct[route] {
+			s.direct[route] = true
+			todo[route] = h
+		}
+	}
+	s.mu.Unlock()
+	for route, h := range todo {
+		if err := s.consumeRoute(route, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Service) wireLocked() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.isClosed() { // Close ran during the dial: start nothing it would not stop
@@ -350,9 +393,11 @@ func (s *Service) wire() error {
 		return nil
 	}
 	s.runCtx, s.cancelRun = context.WithCancel(context.Background())
-	for route, h := range s.routes {
-		if err := s.addRouteLocked(route, h); err != nil {
-			return err
+	if !s.owned {
+		for route, h := range s.routes {
+			if err := s.addRouteLocked(route, h); err != nil {
+				return err
+			}
 		}
 	}
 	s.wired = true
@@ -485,6 +530,13 @@ func (s *Service) Close() error {
 		// Before the handlers stop: messages waiting for a slot (all of them while
 		// intake is stopped) are nacked instead of holding the router's close.
 		errs = append(errs, s.closeQoS(qosDone))
+		// Ending runCtx stops every subscription of the Service's handlers at once (RPC
+		// routes, and the router's handlers, whose Run or RunHandlers got it), so their
+		// in-flight handlers drain side by side, and none is left waiting for a
+		// connection that is down.
+		if cancel != nil {
+			cancel()
+		}
 		if s.owned {
 			if wired {
 				errs = append(errs, s.wm.Close())
@@ -503,9 +555,6 @@ func (s *Service) Close() error {
 				default:
 				}
 			}
-		}
-		if cancel != nil {
-			cancel()
 		}
 		errs = append(errs, s.et.close())
 		errs = append(errs, s.t.close())

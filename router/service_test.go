@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,12 +284,20 @@ func TestUserRouter(t *testing.T) {
 	if err := s.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
+	var seen atomic.Int32 // requests that went through the user's router middleware
+	wm.AddMiddleware(countRequests(&seen, wire.RequestQueue(name, "echo")))
 	done := make(chan error, 1)
 	go func() { done <- wm.Run(ctx) }()
 	<-wm.Running()
+	if _, ok := wm.Handlers()[wire.RequestQueue(name, "echo")]; !ok {
+		t.Error("the RPC route is not a handler of the user's router")
+	}
 	r, err := s.Request(ctx, name, "echo", "hi")
 	if err != nil || string(r.Body) != `"hi"` {
 		t.Fatalf("%v %v", r, err)
+	}
+	if n := seen.Load(); n != 1 {
+		t.Errorf("the user's router middleware saw %d requests, want 1", n)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -296,5 +305,75 @@ func TestUserRouter(t *testing.T) {
 	wm.Close()
 	if err := <-done; err != nil {
 		t.Error(err)
+	}
+}
+
+// countRequests is a router middleware that counts the messages of handler name.
+func countRequests(n *atomic.Int32, name string) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			if message.HandlerNameFromCtx(msg.Context()) == name {
+				n.Add(1)
+			}
+			return h(msg)
+		}
+	}
+}
+
+// TestOwnRouterServesRPCDirectly: with the Service's own router, RPC routes are not
+// handlers of it (the request subscriber's workers run them, see Service.Router), so
+// its middleware does not see them; event handlers still run on it.
+func TestOwnRouterServesRPCDirectly(t *testing.T) {
+	url := testbroker.URL(t)
+	name := testbroker.Name("router-direct")
+	cleanupQueues(t, url, name, "echo", "later")
+	s := newService(t, url, name, router.Config{})
+	var rpcSeen, eventsSeen atomic.Int32
+	s.Router().AddMiddleware(countRequests(&rpcSeen, wire.RequestQueue(name, "echo")))
+	s.Router().AddMiddleware(func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			eventsSeen.Add(1)
+			return h(msg)
+		}
+	})
+	if err := s.Handle("echo", echo); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{}, 1)
+	if _, err := s.Listen(name, "evt", func(*message.Message) error { got <- struct{}{}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Router().Handlers()[wire.RequestQueue(name, "echo")]; ok {
+		t.Error("the RPC route is a handler of the Service's own router")
+	}
+	r, err := s.Request(ctx, name, "echo", "hi")
+	if err != nil || string(r.Body) != `"hi"` {
+		t.Fatalf("%v %v", r, err)
+	}
+	// A route handled after Connect is served the same way.
+	if err := s.Handle("later", echo); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Request(ctx, name, "later", "again"); err != nil || string(r.Body) != `"again"` {
+		t.Fatalf("%v %v", r, err)
+	}
+	if err := s.Emit(ctx, name, "evt", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case <-ctx.Done():
+		t.Fatal("event not received")
+	}
+	if n := rpcSeen.Load(); n != 0 {
+		t.Errorf("the router middleware saw %d RPC requests, want 0", n)
+	}
+	if eventsSeen.Load() == 0 {
+		t.Error("the router middleware did not see the event")
 	}
 }

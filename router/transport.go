@@ -87,10 +87,11 @@ func newTransport(service string, cfg Config) (*transport, error) {
 		Queue: func(topic string) rabbitmq.Queue {
 			return rabbitmq.Queue{Name: topic, Durable: true, Args: wire.RequestQueueArgs()}
 		},
-		Prefetch:   cfg.Prefetch,
-		Name:       "requests",
-		Logger:     cfg.Logger,
-		Registerer: cfg.Registerer,
+		Prefetch:     cfg.Prefetch,
+		CloseTimeout: cfg.CloseTimeout,
+		Name:         "requests",
+		Logger:       cfg.Logger,
+		Registerer:   cfg.Registerer,
 	}); err != nil {
 		return nil, err
 	}

@@ -20,7 +20,8 @@ import (
 // concurrent callers, each doing sequential Requests of a SIZE-byte JSON body; 20
 // untimed warm-up calls per caller, then n round trips in total; round trips/s and
 // per-call p50/p99. Both Services use the facade's defaults (requests mandatory and
-// confirmed, replies not confirmed, server prefetch 100 unless -prefetch).
+// unconfirmed, replies not confirmed, the route served by the request subscriber's
+// workers, server prefetch 100 unless -prefetch).
 // -opt cpuprofile=FILE writes a CPU profile of the whole process (both Services and the
 // callers) during warm-up and the timed calls; -opt memprofile=FILE the allocations of
 // the process at the end of the timed calls.
@@ -98,6 +99,6 @@ func libRPC(ctx context.Context, cfg config) (result, error) {
 		P50us:   percentile(lats, 50),
 		P99us:   percentile(lats, 99),
 		Opts: fmt.Sprintf("router.Service on each side (2 connections each), requests mandatory, unconfirmed (returns fail the call), "+
-			"replies unconfirmed, reply queue no-ack, server prefetch=%d, %d warm-up calls/caller", prefetch, rpcWarmup),
+			"replies unconfirmed, reply queue no-ack, route served by the request subscriber's workers (Subscriber.Handle), server prefetch=%d, %d warm-up calls/caller", prefetch, rpcWarmup),
 	}, nil
 }

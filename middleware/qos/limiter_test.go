@@ -590,3 +590,37 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("static default limit %d, want 100", s.Limit())
 	}
 }
+
+// TestHandlerMiddlewareRouteLimit: HandlerMiddleware applies the route limit of the
+// name it is given, whatever the message's context says; Middleware reads the name
+// from the context, so a message without one has only the global limit.
+func TestHandlerMiddlewareRouteLimit(t *testing.T) {
+	l, _, _ := newTestLimiter(t, Config{Mode: Static, MaxInFlight: 10,
+		Routes: map[string]RouteLimit{"narrow": {MaxInFlight: 1}}})
+	h := newBlockingHandler()
+	named := l.HandlerMiddleware("narrow")(h.handle)
+	go func() { _, _ = named(message.NewMessage("a", nil)) }()
+	if got := <-h.started; got != "a" {
+		t.Fatalf("started %s", got)
+	}
+	go func() { _, _ = named(message.NewMessage("b", nil)) }()
+	eventually(t, "b waits for the route slot", func() bool { return l.routes["narrow"].waiting.Load() == 1 })
+	// Middleware finds no handler name in this context: only the global limit applies.
+	plain := l.Middleware(h.handle)
+	go func() { _, _ = plain(message.NewMessage("c", nil)) }()
+	if got := <-h.started; got != "c" {
+		t.Fatalf("started %s, want c (not limited by the route)", got)
+	}
+	if n, _ := l.InFlight(); n != 2 {
+		t.Errorf("InFlight = %d, want 2", n)
+	}
+	close(h.release)
+	if got := <-h.started; got != "b" {
+		t.Fatalf("started %s, want b once a finished", got)
+	}
+	eventually(t, "all done", func() bool { n, _ := l.InFlight(); return n == 0 })
+	// A name without a route limit has only the global limit.
+	if _, err := l.HandlerMiddleware("other")(h.handle)(message.NewMessage("d", nil)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -350,18 +350,36 @@ func New(cfg Config) (*Limiter, error) {
 // closed, the message is Nacked and an error wrapping ErrCanceled (or ErrClosed) is
 // returned.
 func (l *Limiter) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	return l.wrap(h, "", true)
+}
+
+// HandlerMiddleware is Middleware for the handler called name, for a handler that does
+// not run on a Watermill router (the handler name is then not in the message's
+// context): Config.Routes[name] limits it.
+func (l *Limiter) HandlerMiddleware(name string) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc { return l.wrap(h, name, false) }
+}
+
+// wrap is Middleware for the handler name, or for the one in the message's context
+// when fromCtx.
+func (l *Limiter) wrap(h message.HandlerFunc, name string, fromCtx bool) message.HandlerFunc {
+	var fixed *gate
+	if !fromCtx && l.routes != nil {
+		fixed = l.routes[name]
+	}
 	return func(msg *message.Message) ([]*message.Message, error) {
 		n := clampBytes(len(msg.Payload))
 		var (
-			rg     *gate
+			rg     = fixed
 			waited time.Duration
 			err    error
 		)
-		if l.routes != nil {
-			if rg = l.routes[message.HandlerNameFromCtx(msg.Context())]; rg != nil {
-				if waited, err = rg.acquire(msg.Context(), n); err != nil {
-					return nil, l.refuse(msg, waited, err)
-				}
+		if fromCtx && l.routes != nil {
+			rg = l.routes[message.HandlerNameFromCtx(msg.Context())]
+		}
+		if rg != nil {
+			if waited, err = rg.acquire(msg.Context(), n); err != nil {
+				return nil, l.refuse(msg, waited, err)
 			}
 		}
 		w, err := l.global.acquire(msg.Context(), n)
