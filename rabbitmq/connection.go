@@ -56,8 +56,10 @@ type ConnectionConfig struct {
 	// list_connections client_properties, the management UI) and the value of the
 	// "connection" label of the metrics. "" means "micromessaging".
 	Name string
-	// Heartbeat is the AMQP heartbeat interval; a dead peer is noticed after about two
-	// intervals. 0 means 10 s. A heartbeat in the URL takes precedence.
+	// Heartbeat is the AMQP heartbeat interval; a broker that goes silent without
+	// closing the socket is noticed after 1.5 intervals (amqp091's read deadline), and
+	// the broker drops a silent client after two. 0 means 10 s. A heartbeat in the URL
+	// takes precedence.
 	Heartbeat time.Duration
 	// DialTimeout bounds one dial (TCP, TLS and AMQP handshake). 0 means 10 s.
 	DialTimeout time.Duration
