@@ -100,8 +100,9 @@ Handle runs a Watermill handler function on a topic without a router: messages g
 the subscription to worker goroutines kept for the subscription's lifetime (as many as
 messages were in flight at once), and the worker that ran a message settles it (nil
 error: ack; error or panic: nack) without a watcher goroutine. Compared with a router
-handler on Subscribe, that spares each message three goroutine hand-offs, a goroutine
-start and a stack growth; the router facade serves its RPC routes this way.
+handler on Subscribe, that spares each message two goroutine hand-offs, a goroutine
+start with its stack growth, and the watcher; the router facade serves its RPC routes
+this way.
 
 SetPrefetch changes the prefetch at run time. RabbitMQ applies a per-consumer prefetch to
 new consumers only, so the running consumer is replaced; messages already received are

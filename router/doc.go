@@ -86,7 +86,7 @@
 // Router() returns it so you can add middleware or handlers of your own before Run.
 // Its RPC routes (Handle) do not run on that router: the request subscriber's workers
 // consume them directly (rabbitmq.Subscriber.Handle, with the QoS limiter inside),
-// which spares every request three goroutine hand-offs and a goroutine start, and
+// which spares every request two goroutine hand-offs and a goroutine start, and
 // router middleware does not apply to them. Pass Config.Router to run them on a router
 // of yours with its middleware (rpc.Server.AddHandler does the same on any router).
 //

@@ -227,9 +227,9 @@ func (s *Service) ID() string { return s.id }
 // Router returns the Watermill router the Service's handlers run on (yours, or the
 // one it owns). Add your own handlers or middleware to it before Run. With the
 // Service's own router, RPC routes (Handle) do not run on it: the transport's workers
-// consume them directly (rabbitmq.Subscriber.Handle), which spares each request three
-// goroutine hand-offs; router middleware does not apply to them. Pass Config.Router to
-// run them on a router of yours, with its middleware.
+// consume them directly (rabbitmq.Subscriber.Handle), which spares each request two
+// goroutine hand-offs and a goroutine start; router middleware does not apply to them.
+// Pass Config.Router to run them on a router of yours, with its middleware.
 func (s *Service) Router() *message.Router { return s.wm }
 
 // Handle answers route with h. It may be called before or after Connect/Run; after,
