@@ -155,7 +155,7 @@ func (s *Service) consumeRoute(route string, h rpc.Handler) error {
 		s.mu.Lock()
 		delete(s.direct, route)
 		s.mu.Unlock()
-		if errors.Is(err, rabbitmq.ErrClosed) {
+		if errors.Is(err, rabbitmq.ErrClosed) || s.isClosed() {
 			return ErrClosed
 		}
 		return fmt.Errorf("router: consume route %q: %w", route, err)
