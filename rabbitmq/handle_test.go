@@ -227,3 +227,60 @@ func TestHandleClose(t *testing.T) {
 		})
 	}
 }
+
+// TestHandleFlowControl: SetPrefetch and Pause apply to Handle subscriptions too. A
+// prefetch decrease holds new deliveries until the workers settled enough messages;
+// while paused nothing new runs, and Resume brings the rest.
+func TestHandleFlowControl(t *testing.T) {
+	const n = 20
+	_, q := prefilled(t, n)
+	conn := connect(t, testbroker.Name("mmtest.handle.flow"))
+	sub := newSubscriber(t, conn, rabbitmq.SubscriberConfig{Prefetch: 4})
+	var running, handled atomic.Int32
+	gate := make(chan struct{})
+	_, err := sub.Handle(context.Background(), q, func(m *message.Message) error {
+		running.Add(1)
+		defer running.Add(-1)
+		<-gate
+		handled.Add(1)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "4 handlers to run", func() bool { return running.Load() == 4 })
+	if err := sub.SetPrefetch(1); err != nil {
+		t.Fatal(err)
+	}
+	// Let the four finish one at a time: nothing new may start until all four settled.
+	for i := range 3 {
+		gate <- struct{}{}
+		waitFor(t, 10*time.Second, "a handler to finish", func() bool { return handled.Load() == int32(i+1) })
+	}
+	time.Sleep(300 * time.Millisecond)
+	if r := running.Load(); r != 1 {
+		t.Fatalf("%d handlers running while 1 of the old 4 is in flight, want 1", r)
+	}
+	if err := sub.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	gate <- struct{}{}
+	waitFor(t, 10*time.Second, "the last of the four to finish", func() bool { return handled.Load() == 4 })
+	time.Sleep(300 * time.Millisecond)
+	if r := running.Load(); r != 0 {
+		t.Fatalf("%d handlers running while paused", r)
+	}
+	if err := sub.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	for handled.Load() < n {
+		select {
+		case gate <- struct{}{}:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("handled %d of %d", handled.Load(), n)
+		}
+		if r := running.Load(); r > 1 {
+			t.Fatalf("%d handlers running with prefetch 1", r)
+		}
+	}
+}
