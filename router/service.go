@@ -534,12 +534,26 @@ func (s *Service) Close() error {
 		// routes, and the router's handlers, whose Run or RunHandlers got it), so their
 		// in-flight handlers drain side by side, and none is left waiting for a
 		// connection that is down.
+		// With the Service's own router, its Close is under way before the handlers'
+		// subscriptions end, so that it is the call that waits for the handlers and
+		// returns a close timeout (Watermill also closes a router whose handlers all
+		// stopped, but only logs the error). Close may block until cancel below.
+		var routerClosed chan error
+		if s.owned && wired {
+			routerClosed = make(chan error, 1)
+			closing := make(chan struct{})
+			go func() {
+				close(closing)
+				routerClosed <- s.wm.Close()
+			}()
+			<-closing
+		}
 		if cancel != nil {
 			cancel()
 		}
 		if s.owned {
 			if wired {
-				errs = append(errs, s.wm.Close())
+				errs = append(errs, <-routerClosed)
 				<-s.routerDone
 			}
 		} else {

@@ -377,3 +377,47 @@ func TestOwnRouterServesRPCDirectly(t *testing.T) {
 		t.Error("the router middleware did not see the event")
 	}
 }
+
+// TestCloseReportsRouterTimeout: a router handler (here an event listener) that outlives
+// Config.CloseTimeout makes Close return the router's close timeout, within about that
+// timeout.
+func TestCloseReportsRouterTimeout(t *testing.T) {
+	url := testbroker.URL(t)
+	name := testbroker.Name("router-close-timeout")
+	s, err := router.New(name, router.Config{URL: url, CloseTimeout: 300 * time.Millisecond, DisableQoS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, release, returned := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	if _, err := s.Listen(name, "slow", func(*message.Message) error {
+		defer close(returned)
+		close(started)
+		<-release
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Emit(ctx, name, "slow", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("listener not called")
+	}
+	begin := time.Now()
+	err = s.Close()
+	if err == nil || !strings.Contains(err.Error(), "router close timeout") {
+		t.Errorf("Close = %v, want the router's close timeout", err)
+	}
+	if d := time.Since(begin); d > 10*time.Second {
+		t.Errorf("Close took %v with CloseTimeout 300ms", d)
+	}
+	close(release)
+	<-returned
+}
