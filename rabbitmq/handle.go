@@ -24,7 +24,12 @@ import (
 //
 // Unlike a router handler, h gets no router or handler middleware: wrap h yourself. A
 // panic in h is recovered, logged and nacks the message. h may call msg.Ack or
-// msg.Nack itself; the first settlement wins.
+// msg.Nack itself (the first settlement wins), but the settlement is sent when h
+// returns; if h is given up before (close timeout), an ack it made is still sent. The
+// pool does not shrink: it keeps as many workers as were ever busy at once.
+//
+// Handle needs acknowledgements (the prefetch bounds the workers): it fails on a
+// Subscriber with NoAck.
 //
 // done is closed when the subscription has ended (ctx ended or Close, and the messages
 // delivered before were settled or given up after CloseTimeout) and every worker has
@@ -34,6 +39,9 @@ import (
 func (s *Subscriber) Handle(ctx context.Context, topic string, h message.NoPublishHandlerFunc) (done <-chan struct{}, err error) {
 	if h == nil {
 		return nil, errors.New("rabbitmq: Handle: nil handler")
+	}
+	if s.cfg.NoAck {
+		return nil, errors.New("rabbitmq: Handle needs acknowledgements: the Subscriber has NoAck")
 	}
 	sub, err := s.subscribe(ctx, topic, nil, h)
 	if err != nil {
@@ -47,7 +55,7 @@ type job struct {
 	ss     *session
 	msg    *message.Message
 	tag    uint64
-	cancel context.CancelFunc // nil with NoAck
+	cancel context.CancelFunc
 }
 
 // pool is the worker pool of a Handle subscription.
@@ -61,12 +69,10 @@ type pool struct {
 func (ss *session) dispatch() {
 	j := &job{ss: ss, msg: ss.pending, tag: ss.pendingTag, cancel: ss.pendingCancel}
 	ss.pending, ss.pendingCancel = nil, nil
-	if ss.acks != nil {
-		ss.jmu.Lock()
-		ss.jobs[j] = struct{}{}
-		ss.jobsWG.Add(1)
-		ss.jmu.Unlock()
-	}
+	ss.jmu.Lock()
+	ss.jobs[j] = struct{}{}
+	ss.jobsWG.Add(1)
+	ss.jmu.Unlock()
 	p := ss.sub.pool
 	select {
 	case p.work <- j:
@@ -100,26 +106,32 @@ func (p *pool) run(msg *message.Message, logger watermill.LoggerAdapter) (err er
 // gave it up meanwhile (channel lost, close timeout).
 func (ss *session) settle(j *job, err error) {
 	acked := settledAs(j.msg, err)
-	if ss.acks == nil {
-		return
-	}
 	ss.jmu.Lock()
-	defer ss.jmu.Unlock()
-	if _, ok := ss.jobs[j]; !ok {
-		return
-	}
+	_, ok := ss.jobs[j]
 	delete(ss.jobs, j)
-	m := &ss.sub.s.metrics
-	if acked {
-		ss.acks.ack(j.tag)
-		m.acked.Inc()
-	} else {
-		ss.acks.nack(j.tag)
-		m.nacked.Inc()
+	ss.jmu.Unlock()
+	if !ok {
+		return // given up
 	}
+	// Outside jmu: the ack may write to the socket, and dispatch takes jmu. Once out of
+	// the map the job is this worker's alone; jobsWG.Done comes last, so a drain waits
+	// for the ack to be recorded (an acker closed meanwhile ignores it).
+	ss.record(j.tag, acked)
 	ss.settledOne()
 	j.cancel()
 	ss.jobsWG.Done()
+}
+
+// record hands a settlement to the acker and counts it.
+func (ss *session) record(tag uint64, acked bool) {
+	m := &ss.sub.s.metrics
+	if acked {
+		ss.acks.ack(tag)
+		m.acked.Inc()
+	} else {
+		ss.acks.nack(tag)
+		m.nacked.Inc()
+	}
 }
 
 // settledAs settles msg by its handler's result, unless the handler (or a middleware)
@@ -140,13 +152,23 @@ func settledAs(msg *message.Message, err error) (acked bool) {
 }
 
 // abandonJobs gives up the messages still in handlers (their channel is lost, or the
-// close timeout passed): their contexts are cancelled and their settlement will be
-// ignored (the broker redelivers them).
-func (ss *session) abandonJobs() {
+// close timeout passed): their contexts are cancelled and what their handlers return
+// is ignored (the broker redelivers them), except that, when the channel still works,
+// a message the handler already acked or nacked itself is settled that way.
+func (ss *session) abandonJobs(channelAlive bool) {
 	ss.jmu.Lock()
 	defer ss.jmu.Unlock()
 	for j := range ss.jobs {
 		delete(ss.jobs, j)
+		if channelAlive {
+			select {
+			case <-j.msg.Acked():
+				ss.record(j.tag, true)
+			case <-j.msg.Nacked():
+				ss.record(j.tag, false)
+			default:
+			}
+		}
 		j.cancel()
 		ss.jobsWG.Done()
 	}
@@ -166,7 +188,8 @@ func (sub *subscription) closePool(deadline time.Time) {
 		sub.pool.workers.Wait()
 		close(exited)
 	}()
-	t := time.NewTimer(time.Until(deadline))
+	// Idle workers exit at once: give them a moment even when the deadline has passed.
+	t := time.NewTimer(max(time.Until(deadline), 100*time.Millisecond))
 	defer t.Stop()
 	select {
 	case <-exited:

@@ -64,6 +64,10 @@ func TestHandle(t *testing.T) {
 	if _, err := sub.Handle(ctx, q, nil); err == nil {
 		t.Fatal("nil handler accepted")
 	}
+	noAck := newSubscriber(t, conn, rabbitmq.SubscriberConfig{NoAck: true})
+	if _, err := noAck.Handle(ctx, q, func(*message.Message) error { return nil }); err == nil {
+		t.Fatal("Handle on a NoAck subscriber accepted")
+	}
 
 	pub := newPublisher(t, conn, rabbitmq.PublisherConfig{})
 	payloads := []string{"fail", "panic", "0", "1", "2", "3", "4", "5"}
@@ -169,10 +173,14 @@ func TestHandleChannelLost(t *testing.T) {
 }
 
 // TestHandleClose: Close waits for handlers in flight (their messages are acked),
-// up to CloseTimeout; a handler that outlives it has its message returned to the queue.
+// up to CloseTimeout; a handler that outlives it has its message returned to the queue,
+// unless it acked the message itself before.
 func TestHandleClose(t *testing.T) {
-	for _, slow := range []bool{false, true} {
-		t.Run(fmt.Sprintf("slow=%v", slow), func(t *testing.T) {
+	for _, tc := range []struct {
+		slow, ackFirst bool
+	}{{false, false}, {true, false}, {true, true}} {
+		slow, ackFirst := tc.slow, tc.ackFirst
+		t.Run(fmt.Sprintf("slow=%v,ackFirst=%v", slow, ackFirst), func(t *testing.T) {
 			adm := newAdmin(t)
 			q := testbroker.Name("mmtest.handle.close")
 			adm.deleteLater(q)
@@ -184,6 +192,9 @@ func TestHandleClose(t *testing.T) {
 			returned := make(chan struct{})
 			_, err := sub.Handle(context.Background(), q, func(m *message.Message) error {
 				defer close(returned)
+				if ackFirst {
+					m.Ack()
+				}
 				close(started)
 				if slow {
 					<-release
@@ -215,7 +226,7 @@ func TestHandleClose(t *testing.T) {
 				t.Fatal("Close did not return")
 			}
 			want := 0
-			if slow {
+			if slow && !ackFirst {
 				want = 1 // given up at the close timeout: back in the queue
 			}
 			waitFor(t, 10*time.Second, fmt.Sprintf("%d message(s) in the queue", want), func() bool {

@@ -924,11 +924,11 @@ func (ss *session) drain(deadline time.Time) {
 		ss.sub.logger.Error("Close timeout: messages still in handlers are returned to the queue", nil,
 			watermill.LogFields{"queue": ss.queue})
 		close(ss.abandon)
-		ss.abandonJobs()
+		ss.abandonJobs(true)
 		<-done
 	case <-ss.closed:
 		close(ss.abandon) // channel lost: their acks cannot be sent any more
-		ss.abandonJobs()
+		ss.abandonJobs(false)
 		<-done
 	}
 	t.Stop()
@@ -949,7 +949,7 @@ func (ss *session) lost() {
 		ss.retry.Stop()
 	}
 	close(ss.abandon)
-	ss.abandonJobs()
+	ss.abandonJobs(false)
 	ss.inflight.Wait()
 	if ss.acks != nil {
 		ss.acks.close(false)

@@ -144,19 +144,29 @@ func (s *Service) addRPCHandler(route string, h rpc.Handler) (*message.Handler, 
 
 // consumeRoute consumes an RPC route without a router (the Service owns its router):
 // the request subscriber's workers run the handler, with the limiter inside. It returns
-// once the route is consumed; on failure the route can be consumed again by a retried
-// Connect (or Handle).
-func (s *Service) consumeRoute(route string, h rpc.Handler) error {
+// once the route is consumed, or when waitCtx ends first (the connection is down);
+// the caller unmarks the route in s.direct on failure, so that a retried Connect (or
+// Handle) consumes it again.
+func (s *Service) consumeRoute(waitCtx context.Context, route string, h rpc.Handler) error {
 	q, err := s.requestQueue(route)
-	if err == nil {
-		_, err = s.t.requestSub.Handle(s.runCtx, q, s.limit(s.server.HandlerFunc(route, h), q))
+	if err != nil {
+		return err
+	}
+	// The subscription lives until Close (runCtx); waiting for it to start is bounded by
+	// waitCtx too.
+	subCtx, cancelSub := context.WithCancel(s.runCtx)
+	stop := context.AfterFunc(waitCtx, cancelSub)
+	_, err = s.t.requestSub.Handle(subCtx, q, s.limit(s.server.HandlerFunc(route, h), q))
+	if !stop() && err == nil { // waitCtx ended as the route started: it is stopping
+		err = waitCtx.Err()
 	}
 	if err != nil {
-		s.mu.Lock()
-		delete(s.direct, route)
-		s.mu.Unlock()
-		if errors.Is(err, rabbitmq.ErrClosed) || s.isClosed() {
+		cancelSub()
+		switch {
+		case errors.Is(err, rabbitmq.ErrClosed) || s.isClosed():
 			return ErrClosed
+		case waitCtx.Err() != nil:
+			return fmt.Errorf("router: consume route %q: %w", route, waitCtx.Err())
 		}
 		return fmt.Errorf("router: consume route %q: %w", route, err)
 	}

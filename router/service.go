@@ -259,9 +259,10 @@ func (s *Service) Handle(route string, h rpc.Handler) error {
 	if s.owned {
 		s.direct[route] = true
 		s.mu.Unlock()
-		if err := s.consumeRoute(route, h); err != nil {
+		if err := s.consumeRoute(s.runCtx, route, h); err != nil {
 			s.mu.Lock()
 			delete(s.routes, route)
+			delete(s.direct, route)
 			s.mu.Unlock()
 			return err
 		}
@@ -330,7 +331,7 @@ func (s *Service) Connect(ctx context.Context) error {
 	if err := s.t.connect(ctx); err != nil {
 		return err
 	}
-	if err := s.wire(); err != nil {
+	if err := s.wire(ctx); err != nil {
 		return err
 	}
 	if s.owned {
@@ -352,14 +353,17 @@ func (s *Service) Connect(ctx context.Context) error {
 	s.mu.Unlock()
 	s.peers.start()
 	close(s.connected)
-	s.logger.Info("Service connected", watermill.LogFields{"routes": len(s.routes)})
+	s.mu.Lock()
+	routes := len(s.routes)
+	s.mu.Unlock()
+	s.logger.Info("Service connected", watermill.LogFields{"routes": routes})
 	return nil
 }
 
 // wire adds the routes registered so far to your router, or consumes them directly
 // with the Service's own router (which it starts), once; a retry after a failure
 // consumes the routes that failed.
-func (s *Service) wire() error {
+func (s *Service) wire(ctx context.Context) error {
 	if err := s.wireLocked(); err != nil {
 		return err
 	}
@@ -367,16 +371,25 @@ func (s *Service) wire() error {
 		return nil
 	}
 	s.mu.Lock()
-	todo := map[string]rpc.Handler{}
-	for route, h := range s.routes {
+	var todo []string
+	for route := range s.routes {
 		if !s.direct[route] {
-			s.direct[route] = true
-			todo[route] = h
+			s.direct[route] = true // nobody else starts it meanwhile
+			todo = append(todo, route)
 		}
 	}
+	handlers := make([]rpc.Handler, len(todo))
+	for i, route := range todo {
+		handlers[i] = s.routes[route]
+	}
 	s.mu.Unlock()
-	for route, h := range todo {
-		if err := s.consumeRoute(route, h); err != nil {
+	for i, route := range todo {
+		if err := s.consumeRoute(ctx, route, handlers[i]); err != nil {
+			s.mu.Lock()
+			for _, r := range todo[i:] { // this one and those not tried
+				delete(s.direct, r)
+			}
+			s.mu.Unlock()
 			return err
 		}
 	}

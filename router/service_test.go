@@ -421,3 +421,39 @@ func TestCloseReportsRouterTimeout(t *testing.T) {
 	close(release)
 	<-returned
 }
+
+// TestConnectRetryConsumesEveryRoute: when consuming one route fails (its queue exists
+// with other arguments), Connect fails; once that is fixed, a retried Connect consumes
+// every route, not only the one that failed.
+func TestConnectRetryConsumesEveryRoute(t *testing.T) {
+	url := testbroker.URL(t)
+	name := testbroker.Name("router-retry")
+	routes := []string{"bad", "a", "b", "c", "d", "e"}
+	cleanupQueues(t, url, name, routes...)
+	// A request queue without x-expires: declaring it with the protocol's arguments fails.
+	if _, err := rawChannel(t, url).QueueDeclare(wire.RequestQueue(name, "bad"), true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := newService(t, url, name, router.Config{})
+	for _, r := range routes {
+		if err := s.Handle(r, echo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Connect(ctx); err == nil {
+		t.Fatal("Connect succeeded with a request queue declared with other arguments")
+	}
+	if _, err := rawChannel(t, url).QueueDelete(wire.RequestQueue(name, "bad"), false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if reply, err := s.Request(ctx, name, r, r); err != nil || string(reply.Body) != `"`+r+`"` {
+			t.Errorf("route %s: %v %v", r, reply, err)
+		}
+	}
+}

@@ -5,7 +5,8 @@
 // Both halves are Watermill handlers: they plug into a *message.Router you already run
 // (Server.AddHandler, Client.AddHandler), or the router facade (package router) wires
 // them for you. Server.HandlerFunc is an ordinary Watermill handler function, so it
-// also runs without a router (the facade runs it on rabbitmq.Subscriber.Handle). The package uses only Watermill's Publisher/Subscriber interfaces and
+// also runs without a router (the facade runs it on rabbitmq.Subscriber.Handle). The
+// package uses only Watermill's Publisher/Subscriber interfaces and
 // package wire; the RabbitMQ transport (package rabbitmq) provides those.
 //
 // # Server
