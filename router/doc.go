@@ -103,9 +103,9 @@
 // request subscriber's workers (per RPC route, as many as its requests were ever in
 // flight at once, kept until Close), the connections' supervisors, the peer status and
 // election loops, and the QoS limiter's sampling loop; Close (and the end of Run) stops
-// them all. Close is
-// idempotent: calls in flight fail with rpc.ErrClosed, handlers in flight finish within
-// Config.CloseTimeout, then subscribers, publishers and connections close.
+// them all. Close is idempotent: calls in flight fail with rpc.ErrClosed, handlers in
+// flight finish within Config.CloseTimeout, then subscribers, publishers and
+// connections close.
 //
 // # Extending
 //
