@@ -295,3 +295,44 @@ func TestHandleFlowControl(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseTwiceWaits: a Close called while another runs returns when the Subscriber is
+// closed, not at once (Watermill's router closes its handlers' subscribers itself, so
+// an owner's own Close is often the second one).
+func TestCloseTwiceWaits(t *testing.T) {
+	adm := newAdmin(t)
+	q := testbroker.Name("mmtest.close2")
+	adm.deleteLater(q)
+	conn := connect(t, testbroker.Name("mmtest.close2"))
+	sub := newSubscriber(t, conn, rabbitmq.SubscriberConfig{CloseTimeout: 10 * time.Second,
+		Queue: queueNamed(rabbitmq.Queue{Name: q})})
+	started, release := make(chan struct{}), make(chan struct{})
+	var finished atomic.Bool
+	if _, err := sub.Handle(context.Background(), q, func(*message.Message) error {
+		close(started)
+		<-release
+		finished.Store(true)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := newPublisher(t, conn, rabbitmq.PublisherConfig{}).Publish(q, newMsg("x")); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	first := make(chan struct{})
+	go func() { _ = sub.Close(); close(first) }()
+	time.Sleep(100 * time.Millisecond) // the first Close is under way
+	time.AfterFunc(300*time.Millisecond, func() { close(release) })
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !finished.Load() {
+		t.Error("the second Close returned while a handler still held its message")
+	}
+	<-first
+	waitFor(t, 10*time.Second, "the queue to be empty (the message acked)", func() bool {
+		n, _ := adm.depth(q)
+		return n == 0
+	})
+}

@@ -335,12 +335,13 @@ func (s *Subscriber) desired() (paused bool, prefetch int) {
 // Close stops consuming on every subscription, closes their message channels, waits up
 // to CloseTimeout for handlers to ack or nack the messages they hold, sends the pending
 // acks and closes the channels. Messages still unsettled then are returned to their
-// queue by the broker. Later Subscribe calls return ErrClosed. Close is idempotent and
-// does not close the Connection.
+// queue by the broker. Later Subscribe calls return ErrClosed. Close is idempotent (a
+// call while another runs waits for the same end) and does not close the Connection.
 func (s *Subscriber) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		s.wg.Wait()
 		return nil
 	}
 	s.closed = true

@@ -53,7 +53,7 @@ func newEventsTasks(s *Service, cfg Config) (*eventsTasks, error) {
 			return rabbitmq.Queue{Name: q.Name, Durable: q.Durable, Exclusive: q.Exclusive, AutoDelete: q.AutoDelete,
 				Bindings: []rabbitmq.Binding{{Exchange: q.Exchange, Key: q.Key}}}
 		},
-		Name: "events", Logger: cfg.Logger, Registerer: cfg.Registerer,
+		CloseTimeout: cfg.CloseTimeout, Name: "events", Logger: cfg.Logger, Registerer: cfg.Registerer,
 	}); err != nil {
 		return nil, err
 	}

@@ -99,11 +99,12 @@ func newTransport(service string, cfg Config) (*transport, error) {
 		Queue: func(topic string) rabbitmq.Queue {
 			return rabbitmq.Queue{Name: topic, Exclusive: true}
 		},
-		NoAck:      true,
-		Exclusive:  true,
-		Name:       "replies",
-		Logger:     cfg.Logger,
-		Registerer: cfg.Registerer,
+		NoAck:        true,
+		Exclusive:    true,
+		CloseTimeout: cfg.CloseTimeout,
+		Name:         "replies",
+		Logger:       cfg.Logger,
+		Registerer:   cfg.Registerer,
 	}); err != nil {
 		return nil, err
 	}
@@ -120,7 +121,7 @@ func newTransport(service string, cfg Config) (*transport, error) {
 			return rabbitmq.Queue{Name: wire.ListenQueue(service, uuid.NewString()), Exclusive: true, AutoDelete: true,
 				Bindings: []rabbitmq.Binding{{Exchange: wire.EventExchange, Key: topic}}}
 		},
-		NoAck: true, Name: "internal", Logger: cfg.Logger, Registerer: cfg.Registerer,
+		NoAck: true, CloseTimeout: cfg.CloseTimeout, Name: "internal", Logger: cfg.Logger, Registerer: cfg.Registerer,
 	}); err != nil {
 		return nil, err
 	}
