@@ -298,7 +298,10 @@ func TestBrokerLateJoinerSeesTheLeader(t *testing.T) {
 	if late.el.IsLeader() {
 		t.Fatal("late joiner leads")
 	}
-	// A clean stop of the leader hands over at once, even to the hourly retrier.
+	// A clean stop of the leader hands over at once, even to the hourly retrier. The
+	// term is read before the stop: while stopping, the old leader may still hear its
+	// successor and take up the new term.
+	term := leader.el.Term()
 	leader.stop()
 	var rest []*instance
 	for _, i := range g.all {
@@ -306,7 +309,7 @@ func TestBrokerLateJoinerSeesTheLeader(t *testing.T) {
 			rest = append(rest, i)
 		}
 	}
-	agree(t, "after the leader stopped", rest, leader.el.Term())
+	agree(t, "after the leader stopped", rest, term)
 }
 
 // child is an elector process: the test binary re-executed with childEnv set.
