@@ -364,7 +364,7 @@ func (s *Service) Connect(ctx context.Context) error {
 // with the Service's own router (which it starts), once; a retry after a failure
 // consumes the routes that failed.
 func (s *Service) wire(ctx context.Context) error {
-	if err := s.wireLocked(); err != nil {
+	if err := s.wireOnce(); err != nil {
 		return err
 	}
 	if !s.owned {
@@ -396,7 +396,9 @@ func (s *Service) wire(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) wireLocked() error {
+// wireOnce creates runCtx, adds the routes to your router, and starts the limiter and
+// the Service's own router, the first time it is called.
+func (s *Service) wireOnce() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.isClosed() { // Close ran during the dial: start nothing it would not stop
@@ -543,14 +545,13 @@ func (s *Service) Close() error {
 		// Before the handlers stop: messages waiting for a slot (all of them while
 		// intake is stopped) are nacked instead of holding the router's close.
 		errs = append(errs, s.closeQoS(qosDone))
-		// Ending runCtx stops every subscription of the Service's handlers at once (RPC
-		// routes, and the router's handlers, whose Run or RunHandlers got it), so their
-		// in-flight handlers drain side by side, and none is left waiting for a
-		// connection that is down.
-		// With the Service's own router, its Close is under way before the handlers'
-		// subscriptions end, so that it is the call that waits for the handlers and
-		// returns a close timeout (Watermill also closes a router whose handlers all
-		// stopped, but only logs the error). Close may block until cancel below.
+		// Then every subscription of the Service's handlers ends at once, by ending
+		// runCtx (RPC routes, and the router's handlers, whose Run or RunHandlers got
+		// it): their in-flight handlers drain side by side, and none is left waiting
+		// for a connection that is down. The owned router's Close is started first, so
+		// that it is the call that waits for its handlers and returns a close timeout
+		// (Watermill also closes a router whose handlers all stopped, but only logs
+		// the error); it may block until runCtx ends.
 		var routerClosed chan error
 		if s.owned && wired {
 			routerClosed = make(chan error, 1)
